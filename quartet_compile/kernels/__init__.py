@@ -1,0 +1,1 @@
+"""Triton kernels for NVFP4 quantization and GEMMs (Hopper emulation, Blackwell native)."""

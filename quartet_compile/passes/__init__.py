@@ -1,0 +1,1 @@
+"""FX graph passes that find linear-layer matmuls and rewrite them into quartet ops."""

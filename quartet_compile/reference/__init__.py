@@ -1,0 +1,43 @@
+"""Pure-PyTorch reference numerics (SPEC sections 1-5): the single source of truth that
+every kernel is tested against. Runs on any device."""
+
+from .formats import (
+    decode_e2m1,
+    pack_e2m1,
+    round_to_e2m1,
+    round_to_e4m3,
+    stochastic_round_to_e2m1,
+    stochastic_round_to_e4m3,
+    unpack_e2m1,
+)
+from .hadamard import hadamard_matrix, inverse_rht, rht
+from .nvfp4 import NVFP4Tensor, nvfp4_matmul
+from .quantizers import (
+    quantize_four_over_six,
+    quantize_ms_eden,
+    quantize_rtn,
+    quantize_rtn_2d,
+    quantize_sr,
+)
+from .randomness import random_signs
+
+__all__ = [
+    "NVFP4Tensor",
+    "decode_e2m1",
+    "hadamard_matrix",
+    "inverse_rht",
+    "nvfp4_matmul",
+    "pack_e2m1",
+    "quantize_four_over_six",
+    "quantize_ms_eden",
+    "quantize_rtn",
+    "quantize_rtn_2d",
+    "quantize_sr",
+    "random_signs",
+    "rht",
+    "round_to_e2m1",
+    "round_to_e4m3",
+    "stochastic_round_to_e2m1",
+    "stochastic_round_to_e4m3",
+    "unpack_e2m1",
+]
