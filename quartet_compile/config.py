@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
 
 class Recipe(str, enum.Enum):
@@ -38,24 +40,62 @@ _RECIPES: dict[Recipe, tuple[ForwardQuant, BackwardQuant]] = {
 }
 
 
+InnerBackend = Literal["inductor", "aot_eager", "eager"]
+_INNER_BACKENDS = get_args(InnerBackend)
+
+
 @dataclass(frozen=True)
 class QuartetConfig:
-    """A recipe, with 4/6 optionally forced on or off (``None``: the recipe's default).
+    """How the ``quartet`` backend quantizes a model's linear layers.
 
-    Forcing 4/6 only applies to recipes that round the forward to nearest with 1x16 blocks
-    (``quartet2``, ``quartet2-no46``, ``fp4-forward``); asking it of another is an error.
+    - ``recipe``: the numerics (SPEC section 5).
+    - ``four_over_six``: force 4/6 on or off (``None``: the recipe's default). Only recipes that
+      round the forward to nearest with 1x16 blocks accept it.
+    - ``keep_bf16``: ``fnmatch`` patterns of module paths (or weight names) whose matmuls stay in
+      high precision; by default the output head.
+    - ``min_features``: matmuls whose ``K`` or ``N`` is smaller stay in high precision (padding
+      and quantization overheads outweigh the gain there).
+    - ``seed``: ``None`` draws backward randomness from PyTorch's default generator
+      (``torch.manual_seed`` reproduces a run); an int uses a generator of the backend's own,
+      seeded once, so other random ops (dropout, data order) cannot shift it.
+    - ``inner_backend``: what compiles the rewritten graph: ``inductor`` (default),
+      ``aot_eager`` (AOTAutograd without codegen, for debugging) or ``eager``.
     """
 
     recipe: Recipe = Recipe.QUARTET2
     four_over_six: bool | None = None
+    keep_bf16: tuple[str, ...] = ("lm_head", "*.lm_head")
+    min_features: int = 128
+    seed: int | None = None
+    inner_backend: InnerBackend = "inductor"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "recipe", Recipe(self.recipe))
+        if isinstance(self.keep_bf16, str):
+            object.__setattr__(self, "keep_bf16", (self.keep_bf16,))
+        object.__setattr__(self, "keep_bf16", tuple(self.keep_bf16))
         if self.four_over_six is not None and _RECIPES[self.recipe][0] not in (
             ForwardQuant.RTN,
             ForwardQuant.FOUR_OVER_SIX,
         ):
             raise ValueError(f"four_over_six cannot be set for recipe {self.recipe.value!r}")
+        if self.inner_backend not in _INNER_BACKENDS:
+            raise ValueError(f"inner_backend must be one of {_INNER_BACKENDS}, got {self.inner_backend!r}")
+        if self.min_features < 0:
+            raise ValueError(f"min_features must be >= 0, got {self.min_features}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> QuartetConfig:
+        """Build from ``torch.compile(..., options={...})``; unknown keys are an error."""
+        options = dict(options or {})
+        unknown = set(options) - {f.name for f in fields(cls)}
+        if unknown:
+            valid = ", ".join(f.name for f in fields(cls))
+            raise ValueError(f"unknown quartet option(s) {sorted(unknown)}; valid options: {valid}")
+        return cls(**options)
+
+    def replace(self, **changes: Any) -> QuartetConfig:
+        return dataclasses.replace(self, **changes)
 
     @property
     def forward_quant(self) -> ForwardQuant:

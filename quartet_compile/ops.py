@@ -1,0 +1,250 @@
+"""The ``quartet`` custom ops: a quantized linear layer whose forward and backward are
+single operators, so AOTAutograd traces both graphs with our ops and nothing opaque.
+
+``quartet::linear`` returns the output and the FP4 tensors the backward needs (empty where a
+recipe keeps nothing); ``quartet::linear_backward`` computes ``(dx, dW)``. Their default
+implementation is the pure-PyTorch reference on every device; device kernels register over it
+with ``torch.library.register_kernel``. :func:`quartet_linear_op` is what compiled graphs call:
+it applies autocast the way ``F.linear`` would and zero-pads shapes the recipe cannot take
+(padding leaves every product unchanged), so the ops only ever see aligned shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import BackwardQuant, ForwardQuant, QuartetConfig, Recipe
+from .reference.linear import Saved, linear_backward, linear_forward, required_multiples
+from .reference.nvfp4 import NVFP4Tensor
+
+DEFAULT_RNG = -1
+"""``rng`` argument meaning PyTorch's default generator of the tensor's device."""
+
+_NO_FOUR_OVER_SIX_OVERRIDE = -1
+
+
+@functools.cache
+def _config(recipe: str, four_over_six: int) -> QuartetConfig:
+    override = None if four_over_six == _NO_FOUR_OVER_SIX_OVERRIDE else bool(four_over_six)
+    return QuartetConfig(recipe=Recipe(recipe), four_over_six=override)
+
+
+_seeded_generators: dict[tuple[int, torch.device], torch.Generator] = {}
+
+
+def _random_source(rng: int, device: torch.device) -> torch.Generator | None:
+    """The backend's own generator for ``seed=rng``, created once per device and advanced by
+    every backward call; ``None`` (the default generator) for :data:`DEFAULT_RNG`."""
+    if rng == DEFAULT_RNG:
+        return None
+    key = (rng, torch.device(device))
+    if key not in _seeded_generators:
+        _seeded_generators[key] = torch.Generator(device=device).manual_seed(rng)
+    return _seeded_generators[key]
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The reference picks its own precisions; an enclosing autocast must not recast them."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _saves_hp_x(config: QuartetConfig) -> bool:
+    return config.forward_quant is ForwardQuant.NONE or config.backward_quant is BackwardQuant.NVIDIA
+
+
+def _fp4_parts(q: NVFP4Tensor | None, like: Tensor) -> list[Tensor]:
+    if q is None:
+        return [
+            like.new_empty(0, dtype=torch.uint8),
+            like.new_empty(0, dtype=torch.float8_e4m3fn),
+            like.new_empty(0, dtype=torch.float32),
+        ]
+    return [q.codes, q.scales, q.tensor_scale]
+
+
+@torch.library.custom_op("quartet::linear", mutates_args=())
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, recipe: str, four_over_six: int, rng: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``x [T, K] @ weight [N, K]^T + bias`` -> ``(y, x codes, x scales, x tensor scale, the
+    same three for the weight)``; FP4 parts the recipe's backward does not read are empty."""
+    config = _config(recipe, four_over_six)
+    with _no_autocast(x.device):
+        y, saved = linear_forward(x, weight, bias, config)
+    return y, *_fp4_parts(saved.xq, x), *_fp4_parts(saved.wq, x)
+
+
+@linear.register_fake
+def _linear_fake(x, weight, bias, recipe, four_over_six, rng):
+    config = _config(recipe, four_over_six)
+    tokens, k = x.shape
+    n = weight.shape[0]
+    quantized = config.forward_quant is not ForwardQuant.NONE
+
+    def parts(rows: int, present: bool) -> list[Tensor]:
+        if not present:
+            return _fp4_parts(None, x)
+        return [
+            x.new_empty(rows, k // 2, dtype=torch.uint8),
+            x.new_empty(rows, k // 16, dtype=torch.float8_e4m3fn),
+            x.new_empty((), dtype=torch.float32),
+        ]
+
+    y = x.new_empty(tokens, n)
+    return y, *parts(tokens, quantized and not _saves_hp_x(config)), *parts(n, quantized)
+
+
+@torch.library.custom_op("quartet::linear_backward", mutates_args=())
+def linear_backward_op(
+    grad: Tensor,
+    x: Tensor | None,
+    weight: Tensor | None,
+    x_codes: Tensor,
+    x_scales: Tensor,
+    x_tensor_scale: Tensor,
+    w_codes: Tensor,
+    w_scales: Tensor,
+    w_tensor_scale: Tensor,
+    recipe: str,
+    four_over_six: int,
+    rng: int,
+    x_dtype: torch.dtype,
+    w_dtype: torch.dtype,
+    needs_dx: bool,
+    needs_dw: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(dx [T, K], dW [N, K])`` from ``grad [T, N]`` and what ``quartet::linear`` saved;
+    an output that is not needed comes back empty."""
+    config = _config(recipe, four_over_six)
+    tokens, n = grad.shape
+    k = 2 * w_codes.shape[1] if w_codes.numel() else weight.shape[1]
+
+    def rebuild(codes, scales, tensor_scale, rows, dtype):
+        return NVFP4Tensor(codes, scales, tensor_scale, torch.Size((rows, k)), dtype) if codes.numel() else None
+
+    saved = Saved(
+        x=x,
+        weight=weight,
+        xq=rebuild(x_codes, x_scales, x_tensor_scale, tokens, x_dtype),
+        wq=rebuild(w_codes, w_scales, w_tensor_scale, n, w_dtype),
+    )
+    with _no_autocast(grad.device):
+        dx, dw = linear_backward(
+            grad,
+            saved,
+            config,
+            dtypes=(x_dtype, w_dtype),
+            needs=(needs_dx, needs_dw),
+            source=_random_source(rng, grad.device),
+        )
+    empty = grad.new_empty(0)
+    return (empty if dx is None else dx), (empty if dw is None else dw)
+
+
+@linear_backward_op.register_fake
+def _linear_backward_fake(
+    grad,
+    x,
+    weight,
+    x_codes,
+    x_scales,
+    x_tensor_scale,
+    w_codes,
+    w_scales,
+    w_tensor_scale,
+    recipe,
+    four_over_six,
+    rng,
+    x_dtype,
+    w_dtype,
+    needs_dx,
+    needs_dw,
+):
+    tokens, n = grad.shape
+    k = 2 * w_codes.shape[1] if w_codes.numel() else weight.shape[1]
+    dx = grad.new_empty(tokens, k, dtype=x_dtype) if needs_dx else grad.new_empty(0)
+    dw = grad.new_empty(n, k, dtype=w_dtype) if needs_dw else grad.new_empty(0)
+    return dx, dw
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, weight, bias, recipe, four_over_six, rng = inputs
+    config = _config(recipe, four_over_six)
+    keep_x = _saves_hp_x(config)
+    keep_w = config.forward_quant is ForwardQuant.NONE
+    ctx.save_for_backward(x if keep_x else None, weight if keep_w else None, *output[1:])
+    ctx.args = (recipe, four_over_six, rng, x.dtype, weight.dtype)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx: Any, grad: Tensor, *_unused_grads: Tensor) -> tuple[Tensor | None, ...]:
+    needs_dx, needs_dw, needs_db = ctx.needs_input_grad[:3]
+    dx, dw = torch.ops.quartet.linear_backward(grad, *ctx.saved_tensors, *ctx.args, needs_dx, needs_dw)
+    db = grad.float().sum(0).to(ctx.bias_dtype) if needs_db and ctx.bias_dtype is not None else None
+    return (dx if needs_dx else None), (dw if needs_dw else None), db, None, None, None
+
+
+linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Cast as autocast casts ``F.linear`` (all floating inputs to the autocast dtype); outside
+    autocast, mismatched dtypes are an error, as they are for ``F.linear``."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+    if x.dtype != weight.dtype:
+        raise RuntimeError(
+            f"quartet linear: input is {x.dtype} but weight is {weight.dtype}; use torch.autocast or matching dtypes "
+            "(F.linear rejects this too)"
+        )
+    return x, weight, bias
+
+
+def _pad_amount(size: int | torch.SymInt, multiple: int) -> int | torch.SymInt:
+    return (multiple - size % multiple) % multiple
+
+
+def _may_pad(amount: int | torch.SymInt) -> bool:
+    """A symbolic amount counts as padding: testing it would guard (and recompile) per length."""
+    return isinstance(amount, torch.SymInt) or amount != 0
+
+
+def quartet_linear_op(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    recipe: str = Recipe.QUARTET2.value,
+    four_over_six: int = _NO_FOUR_OVER_SIX_OVERRIDE,
+    rng: int = DEFAULT_RNG,
+) -> Tensor:
+    """``F.linear`` with quartet numerics: what the graph pass puts in place of a matmul.
+
+    ``x [..., K]``, ``weight [N, K]``. Dimensions the recipe cannot take are zero-padded
+    (``T`` at run time, so dynamic sequence lengths need no recompilation) and sliced back.
+    """
+    x, weight, bias = _autocast(x, weight, bias)
+    multiples = required_multiples(_config(recipe, four_over_six))
+    *lead, k = x.shape
+    n = weight.shape[0]
+    x2 = x.reshape(-1, k)
+    tokens = x2.shape[0]
+    pad_t, pad_k, pad_n = (_pad_amount(s, multiples[d]) for s, d in ((tokens, "T"), (k, "K"), (n, "N")))
+    if pad_k or _may_pad(pad_t):
+        x2 = F.pad(x2, (0, pad_k, 0, pad_t))
+    if pad_k or pad_n:
+        weight = F.pad(weight, (0, pad_k, 0, pad_n))
+    if bias is not None and pad_n:
+        bias = F.pad(bias, (0, pad_n))
+    y = torch.ops.quartet.linear(x2, weight, bias, recipe, four_over_six, rng)[0]
+    if _may_pad(pad_t) or pad_n:
+        y = y[:tokens, :n]
+    return y.reshape(*lead, n)
