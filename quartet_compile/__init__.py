@@ -7,8 +7,8 @@ The reference numerics live in :mod:`quartet_compile.reference`; FX passes in
 :mod:`quartet_compile.passes` and Triton kernels in :mod:`quartet_compile.kernels`.
 """
 
-from .backend import QuartetBackend, backend
 from .config import QuartetConfig, Recipe
+from .dynamo_backend import QuartetBackend, backend
 from .explain import ExplainReport, explain
 from .reference import NVFP4Tensor
 from .reference.linear import quartet_linear

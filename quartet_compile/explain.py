@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .backend import log_decisions
 from .config import QuartetConfig
+from .dynamo_backend import log_decisions
 from .passes.linear_rewrite import MatmulDecision, rewrite_linears
 
 _COLUMNS = ("module", "op", "shapes", "decision", "reason", "recipe")

@@ -57,7 +57,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = (
-            proj(x).view(b, s, self.n_heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj)
+            proj(x).view(b, s, self.n_heads, d // self.n_heads).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -9,19 +9,20 @@ import torch
 from torch import Tensor
 
 
-@functools.lru_cache(maxsize=8)
-def _sylvester_pm1(n: int) -> Tensor:
+@functools.lru_cache(maxsize=16)
+def _sylvester_pm1(n: int, device: torch.device) -> Tensor:
+    """The +-1 Sylvester matrix, built once per device (no copies inside a CUDA-graph capture)."""
     if n < 1 or n & (n - 1):
         raise ValueError(f"Hadamard size must be a power of two, got {n}")
     h = torch.ones(1, 1)
     while h.shape[0] < n:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h
+    return h.to(device)
 
 
 def hadamard_matrix(n: int, device: torch.device | str | None = None) -> Tensor:
     """Orthonormal Sylvester Hadamard matrix ``H / sqrt(n)`` in float32."""
-    return (_sylvester_pm1(n) * n**-0.5).to(device)
+    return _sylvester_pm1(n, torch.device(device or "cpu")) * n**-0.5
 
 
 def rht(x: Tensor, signs: Tensor) -> Tensor:
@@ -35,7 +36,7 @@ def rht(x: Tensor, signs: Tensor) -> Tensor:
     if x.shape[-1] % n:
         raise ValueError(f"RHT-{n} needs the last dimension to be a multiple of {n}, got {x.shape[-1]}")
     groups = x.float().unflatten(-1, (x.shape[-1] // n, n)) * signs.to(device=x.device, dtype=torch.float32)
-    rotated = groups @ _sylvester_pm1(n).to(x.device)
+    rotated = groups @ _sylvester_pm1(n, x.device)
     return (rotated * (1.0 / math.sqrt(n))).flatten(-2)
 
 

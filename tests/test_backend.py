@@ -1,0 +1,295 @@
+"""torch.compile(model, backend="quartet"): registration, rewriting, equality with the eager
+reference, dynamic shapes, checkpointing, autocast, bad input and the explain report."""
+
+import copy
+import logging
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import quartet_compile
+from quartet_compile import QuartetConfig, Recipe, backend, explain
+from quartet_compile.models import Llama, LlamaConfig
+from quartet_compile.ops import quartet_linear_op
+
+from .helpers import eager_reference, rel, token_batches, train
+
+PROJECTIONS = {
+    f"layers.{i}.{p}"
+    for i in range(2)
+    for p in (
+        "attn.q_proj",
+        "attn.k_proj",
+        "attn.v_proj",
+        "attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def tiny_llama(seed: int = 0) -> Llama:
+    torch.manual_seed(seed)
+    return Llama(LlamaConfig())
+
+
+def test_entry_point_makes_the_string_backend_work():
+    (ep,) = [ep for ep in entry_points(group="torch_dynamo_backends") if ep.name == "quartet"]
+    assert ep.value == "quartet_compile.dynamo_backend:quartet"
+    from torch._dynamo.backends.registry import lookup_backend
+
+    assert lookup_backend("quartet") is quartet_compile.dynamo_backend.quartet
+    model = tiny_llama()
+    tokens = token_batches(1)[0][:, :-1]
+    out = torch.compile(model, backend="quartet", options={"inner_backend": "aot_eager"})(tokens)
+    ref = eager_reference(model, QuartetConfig())(tokens)
+    assert torch.equal(out, ref)
+
+
+def test_every_block_projection_is_rewritten_and_lm_head_is_not():
+    be = backend(inner_backend="aot_eager")
+    model = tiny_llama()
+    torch.compile(model, backend=be, fullgraph=True)(token_batches(1)[0][:, :-1])
+    (report,) = be.reports
+    assert {d.module_path for d in report if d.quantized} == PROJECTIONS
+    (head,) = [d for d in report if not d.quantized]
+    assert head.module_path == "lm_head" and "keep_bf16" in head.reason
+
+
+def test_dynamic_sequence_lengths_do_not_recompile_per_length():
+    be = backend(inner_backend="aot_eager")
+    compiled = torch.compile(tiny_llama(), backend=be, fullgraph=True)
+    for seq in (64, 40, 100, 128, 192, 77):
+        compiled(torch.randint(0, 256, (2, seq))).sum().backward()
+    assert len(be.reports) <= 2  # one static graph, then one dynamic one
+
+
+@pytest.mark.parametrize("recipe", list(Recipe))
+def test_compiled_training_equals_eager_reference(recipe):
+    config = QuartetConfig(recipe=recipe, inner_backend="aot_eager")
+    model = tiny_llama()
+    batches = token_batches(3)
+    ref_losses, ref_grads = train(eager_reference(model, config), batches)
+    losses, grads = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches)
+    assert torch.allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for name, g in ref_grads.items():
+        assert rel(grads[name.replace(".weight", ".weight")], g) < 1e-4, name
+    assert losses[-1] < losses[0]
+
+
+def test_inductor_training_matches_eager_reference_quartet2():
+    """Inductor fuses the high-precision ops, so float32 results differ by reassociation; an
+    FP4 rounding decision flipped by such an ulp moves a gradient slightly, hence the bounds."""
+    config = QuartetConfig(recipe="quartet2")
+    model = tiny_llama()
+    batches = token_batches(2)
+    ref_losses, ref_grads = train(eager_reference(model, config), batches)
+    losses, grads = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches)
+    assert torch.allclose(losses, ref_losses, rtol=1e-3)
+    for name, g in ref_grads.items():
+        assert rel(grads[name], g) < 2e-2, name
+
+
+def test_bf16_recipe_equals_plain_inductor():
+    model = tiny_llama()
+    batches = token_batches(2)
+    ref_losses, ref_grads = train(torch.compile(copy.deepcopy(model)), batches)
+    losses, grads = train(torch.compile(copy.deepcopy(model), backend=backend(recipe="bf16")), batches)
+    assert torch.allclose(losses, ref_losses, rtol=1e-5)
+    for name, g in ref_grads.items():
+        assert rel(grads[name], g) < 1e-4, name
+
+
+def test_options_and_backend_object_agree_and_bad_options_fail():
+    tokens = token_batches(1)[0][:, :-1]
+    model = tiny_llama()
+    a = torch.compile(model, backend="quartet", options={"recipe": "nvidia", "inner_backend": "aot_eager"})(tokens)
+    torch._dynamo.reset()
+    b = torch.compile(model, backend=backend(recipe="nvidia", inner_backend="aot_eager"))(tokens)
+    assert torch.equal(a, b)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="unknown quartet option"):
+        torch.compile(model, backend="quartet", options={"recipie": "nvidia"})(tokens)
+    with pytest.raises(ValueError, match="either a QuartetConfig or keyword"):
+        backend(QuartetConfig(), recipe="bf16")
+
+
+def test_activation_checkpointing_rewrites_inside_and_matches():
+    class Checkpointed(nn.Module):
+        def __init__(self, inner: Llama):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, tokens):
+            x = self.inner.embed(tokens)
+            for layer in self.inner.layers:
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, self.inner.rope_cos, self.inner.rope_sin, use_reentrant=False
+                )
+            return self.inner.lm_head(self.inner.norm(x))
+
+    config = QuartetConfig(inner_backend="aot_eager")
+    model = tiny_llama()
+    batches = token_batches(2)
+    be = backend(config)
+    losses, grads = train(torch.compile(Checkpointed(copy.deepcopy(model)), backend=be, fullgraph=True), batches)
+    assert {d.module_path for d in be.reports[0] if d.quantized} == {f"inner.{p}" for p in PROJECTIONS}
+    ref_losses, ref_grads = train(eager_reference(model, config), batches)
+    assert torch.allclose(losses, ref_losses, rtol=1e-5)
+    for name, g in ref_grads.items():
+        assert rel(grads["inner." + name], g) < 1e-4, name
+
+
+def test_no_grad_inference_matches_reference():
+    model = tiny_llama()
+    tokens = token_batches(1)[0][:, :-1]
+    with torch.no_grad():
+        out = torch.compile(model, backend=backend(inner_backend="aot_eager"))(tokens)
+        ref = eager_reference(model, QuartetConfig())(tokens)
+    assert torch.equal(out, ref)
+
+
+def test_autocast_with_fp32_master_weights():
+    """One step, because eager and compiled autocast already differ in PyTorch itself after an
+    optimizer step (plain aot_eager vs eager shows it), and the stochastic backward amplifies
+    any input difference (a flipped rounding decision); the first step must agree exactly."""
+    config = QuartetConfig(inner_backend="aot_eager")
+    model = tiny_llama()
+    batches = token_batches(1)
+
+    def run(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return train(m, batches)
+
+    ref_losses, ref_grads = run(eager_reference(model, config))
+    losses, grads = run(torch.compile(copy.deepcopy(model), backend=backend(config)))
+    assert torch.equal(losses, ref_losses)
+    for name, g in ref_grads.items():
+        assert grads[name].dtype == torch.float32 and rel(grads[name], g) < 1e-6, name
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.compile(model, backend=backend(config))(batches[0][:, :-1])
+    assert out.dtype == torch.bfloat16
+
+
+class Odd(nn.Module):
+    """K = 200 (not a multiple of 16), N = 136 (not of 128), and a tiny layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(200, 136)
+        self.tiny = nn.Linear(136, 8)
+
+    def forward(self, x):
+        return self.tiny(self.proj(x))
+
+
+def test_unaligned_shapes_are_padded_exactly_and_tiny_ones_kept():
+    torch.manual_seed(0)
+    model = Odd()
+    x = torch.randn(3, 50, 200, requires_grad=True)  # T = 150: not a multiple of 128 either
+    be = backend(min_features=16, inner_backend="aot_eager")
+    out = torch.compile(model, backend=be)(x)
+    rows = {d.module_path: d for d in be.reports[0]}
+    assert (
+        rows["proj"].quantized
+        and "K padded 200->208" in rows["proj"].reason
+        and "N padded 136->256" in rows["proj"].reason
+    )
+    assert not rows["tiny"].quantized and "min_features" in rows["tiny"].reason
+    ref = model.tiny(quartet_linear_op(x, model.proj.weight, model.proj.bias))
+    assert torch.equal(out, ref)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+
+
+def test_padding_is_exact_for_the_forward_product():
+    torch.manual_seed(1)
+    x, w, b = torch.randn(5, 40), torch.randn(24, 40), torch.randn(24)
+    y = quartet_linear_op(x, w, b, recipe="fp4-forward")
+    xq = quartet_compile.reference.quantize_four_over_six(F.pad(x, (0, 8)))
+    wq = quartet_compile.reference.quantize_four_over_six(F.pad(w, (0, 8)))
+    exact = xq.dequantize(torch.float64) @ wq.dequantize(torch.float64).T + b.double()
+    assert rel(y, exact) < 1e-6
+
+
+def test_empty_batch_and_nan_activations_do_not_crash():
+    model = tiny_llama()
+    compiled = torch.compile(model, backend=backend(inner_backend="aot_eager"))
+    assert compiled(torch.zeros(0, 64, dtype=torch.long)).shape == (0, 64, 256)
+    odd = Odd()
+    x = torch.randn(2, 64, 200)
+    x[0, 3, 5] = float("nan")
+    out = torch.compile(odd, backend=backend(min_features=16, inner_backend="aot_eager"))(x)
+    assert out.isnan().all()  # documented: non-finite input makes the whole quantized tensor NaN
+
+
+def test_attention_and_other_matmuls_are_reported_not_rewritten():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(128, 128, bias=False)
+            self.w_kn = nn.Parameter(torch.randn(128, 256))  # stored [K, N]
+            self.bias = nn.Parameter(torch.zeros(256))
+
+        def forward(self, x):
+            q = self.q(x)
+            scores = q @ q.transpose(-1, -2)
+            a = x @ self.q.weight.T
+            b = torch.addmm(self.bias, x.view(-1, 128), self.w_kn)
+            c = self.q.weight @ x.transpose(-1, -2)
+            return scores.sum() + a.sum() + b.sum() + c.sum()
+
+    report = explain(Mixed(), torch.randn(2, 64, 128), inner_backend="aot_eager", verbose=False)
+    reasons = [(r.op, r.quantized, r.reason) for r in report.rows]
+    assert reasons[0][:2] == ("linear", True)
+    assert ("matmul", False, "both operands are activations (attention)") in reasons
+    assert ("addmm", True, "ok") in reasons
+    assert ("matmul", False, "weight on the left (W @ x)") in reasons
+    assert sum(r.quantized for r in report.rows) == 3
+
+
+def test_explain_prints_and_logs(capsys, caplog):
+    with caplog.at_level(logging.DEBUG, logger="quartet_compile"):
+        report = explain(tiny_llama(), token_batches(1)[0][:, :-1])
+    printed = capsys.readouterr().out
+    assert "layers.1.mlp.down_proj" in printed and "14 of 15 matmuls quantized" in printed
+    assert len(report.quantized) == 14 and [r.module_path for r in report.kept] == ["lm_head"]
+    assert "quantized 14 of 15 matmuls" in caplog.text
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_reduce_overhead_draw_fresh_randomness():
+    model = tiny_llama().cuda()
+    compiled = torch.compile(model, backend="quartet", mode="reduce-overhead")
+    tokens = torch.randint(0, 256, (2, 128), device="cuda")
+    grads = []
+    for _ in range(4):
+        model.zero_grad()
+        compiled(tokens).float().sum().backward()
+        grads.append(model.layers[0].attn.q_proj.weight.grad.clone())
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert not torch.equal(grads[-1], grads[-2])  # new rotation signs every backward call
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_training_matches_eager_reference():
+    """No CUDA kernel is registered yet: both sides run the reference ops on the GPU."""
+    config = QuartetConfig(recipe="quartet2")
+    model = tiny_llama().cuda()
+    batches = [b.cuda() for b in token_batches(2)]
+    ref_losses, ref_grads = train(eager_reference(model, config), batches)
+    losses, grads = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches)
+    assert torch.allclose(losses, ref_losses, rtol=1e-3)
+    for name, g in ref_grads.items():
+        assert rel(grads[name], g) < 2e-2, name
