@@ -98,9 +98,11 @@ def _e4m3_probe_values() -> torch.Tensor:
 
 
 def test_e4m3_rne_matches_torch_cast_everywhere():
+    """Up to the saturation point: beyond 464 (where RNE leaves 448), torch 2.11 casts to NaN
+    and torch 2.13 saturates; ours saturates (next test)."""
     x = _e4m3_probe_values()
-    expected = x.to(torch.float8_e4m3fn).float()
-    assert torch.equal(round_to_e4m3(x), expected)
+    x = x[x.abs() < 464]
+    assert torch.equal(round_to_e4m3(x), x.to(torch.float8_e4m3fn).float())
 
 
 def test_e4m3_rne_saturates_and_keeps_nan():

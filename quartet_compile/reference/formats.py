@@ -7,8 +7,6 @@ bit-for-bit to kernels and fed explicit uniform draws for the stochastic variant
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -22,16 +20,19 @@ _E4M3_MIN_NORMAL_EXP = -6
 _E4M3_MANTISSA_BITS = 3
 
 
-@functools.cache
-def _constant(values: tuple[float, ...], device: torch.device) -> Tensor:
-    """A small float32 table, made once per device: building it inside a CUDA-graph capture
-    would be a host-to-device copy, which capture forbids."""
-    return torch.tensor(values, dtype=torch.float32, device=device)
+def _e2m1_magnitudes(device: torch.device | str | None) -> Tensor:
+    """The 8 magnitudes, computed on ``device`` from the code index: no host-to-device copy
+    (forbidden inside CUDA-graph capture) and no cached tensor (which would outlive a
+    capture's private memory pool)."""
+    i = torch.arange(8, dtype=torch.float32, device=device)
+    normal = torch.ldexp(1.0 + 0.5 * (i % 2), (i // 2 - 1).to(torch.int32))
+    return torch.where(i < 2, 0.5 * i, normal)
 
 
 def e2m1_values(device: torch.device | str | None = None) -> Tensor:
     """float32 value of each of the 16 codes; code | 8 is the negative of code."""
-    return _constant(E2M1_MAGNITUDES + tuple(-m for m in E2M1_MAGNITUDES), torch.device(device or "cpu"))
+    mags = _e2m1_magnitudes(device)
+    return torch.cat([mags, -mags])
 
 
 def decode_e2m1(codes: Tensor) -> Tensor:
@@ -61,7 +62,7 @@ def stochastic_round_to_e2m1(u: Tensor, uniforms: Tensor) -> Tensor:
     """Round |u| up to the next E2M1 magnitude with probability equal to the fractional
     distance (``uniform < p``), so ``E[decode(code)] = u`` for ``|u| <= 6``. Larger
     magnitudes saturate to 6 (biased: the quantizers' scale headroom keeps them away)."""
-    mags = _constant(E2M1_MAGNITUDES, u.device)
+    mags = _e2m1_magnitudes(u.device)
     mag = u.abs().clamp(max=E2M1_MAX)
     low = (torch.bucketize(mag, mags, right=True) - 1).clamp(0, len(mags) - 1)
     high = (low + 1).clamp(max=len(mags) - 1)

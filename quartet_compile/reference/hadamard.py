@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch import Tensor
 
 
-@functools.lru_cache(maxsize=16)
-def _sylvester_pm1(n: int, device: torch.device) -> Tensor:
-    """The +-1 Sylvester matrix, built once per device (no copies inside a CUDA-graph capture)."""
+def _sylvester_pm1(n: int, device: torch.device | str | None) -> Tensor:
+    """The +-1 Sylvester matrix, ``H[i, j] = (-1)^popcount(i & j)``, built with device ops:
+    no host-to-device copy and no cached tensor, so it is safe inside CUDA-graph capture."""
     if n < 1 or n & (n - 1):
         raise ValueError(f"Hadamard size must be a power of two, got {n}")
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h.to(device)
+    idx = torch.arange(n, device=device)
+    both = idx[:, None] & idx[None, :]
+    parity = torch.zeros_like(both)
+    for bit in range(n.bit_length() - 1):
+        parity ^= (both >> bit) & 1
+    return 1.0 - 2.0 * parity.float()
 
 
 def hadamard_matrix(n: int, device: torch.device | str | None = None) -> Tensor:
     """Orthonormal Sylvester Hadamard matrix ``H / sqrt(n)`` in float32."""
-    return _sylvester_pm1(n, torch.device(device or "cpu")) * n**-0.5
+    return _sylvester_pm1(n, device) * n**-0.5
 
 
 def rht(x: Tensor, signs: Tensor) -> Tensor:
