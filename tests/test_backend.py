@@ -88,17 +88,24 @@ def test_compiled_training_equals_eager_reference(recipe):
     assert losses[-1] < losses[0]
 
 
+INDUCTOR_LOSS_RTOL = 1e-3
+INDUCTOR_GRAD_REL = 0.1
+"""Inductor fuses the high-precision ops, so float32 results differ by reassociation, and the
+stochastic backward amplifies that: with the same random draws, a 1e-4 relative change of its
+inputs moves a quartet2 weight gradient by about 4% (a flipped rounding or scale decision).
+Gradients from independent draws differ by about 20%, so 10% still tells "same randomness,
+reassociated" from "different randomness"; the aot_eager tests check equality tightly."""
+
+
 def test_inductor_training_matches_eager_reference_quartet2():
-    """Inductor fuses the high-precision ops, so float32 results differ by reassociation; an
-    FP4 rounding decision flipped by such an ulp moves a gradient slightly, hence the bounds."""
     config = QuartetConfig(recipe="quartet2")
     model = tiny_llama()
     batches = token_batches(2)
     ref_losses, ref_grads = train(eager_reference(model, config), batches)
     losses, grads = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches)
-    assert torch.allclose(losses, ref_losses, rtol=1e-3)
+    assert torch.allclose(losses, ref_losses, rtol=INDUCTOR_LOSS_RTOL)
     for name, g in ref_grads.items():
-        assert rel(grads[name], g) < 2e-2, name
+        assert rel(grads[name], g) < INDUCTOR_GRAD_REL, name
 
 
 def test_bf16_recipe_equals_plain_inductor():
@@ -283,13 +290,15 @@ def test_cuda_graphs_reduce_overhead_draw_fresh_randomness():
 
 
 @pytest.mark.gpu
-def test_cuda_compiled_training_matches_eager_reference():
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_cuda_compiled_training_matches_eager_reference(inner):
     """No CUDA kernel is registered yet: both sides run the reference ops on the GPU."""
-    config = QuartetConfig(recipe="quartet2")
+    config = QuartetConfig(recipe="quartet2", inner_backend=inner)
     model = tiny_llama().cuda()
     batches = [b.cuda() for b in token_batches(2)]
     ref_losses, ref_grads = train(eager_reference(model, config), batches)
     losses, grads = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches)
-    assert torch.allclose(losses, ref_losses, rtol=1e-3)
+    exact = inner == "aot_eager"
+    assert torch.allclose(losses, ref_losses, rtol=1e-5 if exact else INDUCTOR_LOSS_RTOL)
     for name, g in ref_grads.items():
-        assert rel(grads[name], g) < 2e-2, name
+        assert rel(grads[name], g) < (1e-4 if exact else INDUCTOR_GRAD_REL), name

@@ -336,3 +336,12 @@ def test_ms_eden_on_cuda_replays_the_cpu_draws():
     # The rotation sums in a different order on the GPU: codes may differ in rare near-ties.
     assert (gpu.codes.cpu() != cpu.codes).float().mean() < 1e-3
     assert rel_error(gpu.dequantize().cpu(), cpu.dequantize()) < 1e-2
+
+
+def test_tree_sum_adds_adjacent_pairs_in_a_fixed_order():
+    from quartet_compile.reference.quantizers import tree_sum
+
+    t = torch.tensor([1e8, 1.0, -1e8, 1.0], dtype=torch.float32)
+    assert tree_sum(t) == (t[0] + t[1]) + (t[2] + t[3])  # = 0: each 1.0 is absorbed by its neighbour
+    x = fresh(4, 8, 16, seed=60)
+    assert torch.allclose(tree_sum(x, dims=2), x.sum((-1, -2)), rtol=1e-5, atol=1e-5)

@@ -3,7 +3,8 @@
 Float32 operation order is part of the contract (kernels reproduce it bit-for-bit):
 ``s_t = amax / fp32(F * S)``, ``s_b = e4m3((block_amax / fp32(F)) [* 1.5] / s_t)``,
 ``u = x / (s_b * s_t)``, ``deq = (e2m1 * s_b) * s_t``; the 4/6 block error is
-``sum(((u - e2m1) * s_b)^2)`` (see :func:`_block_squared_error`).
+``sum(((u - e2m1) * s_b)^2)`` (see :func:`_block_squared_error`); every sum (4/6 errors, EDEN
+dot products) is a pairwise tree over adjacent elements (:func:`tree_sum`).
 
 Non-finite input (NaN or +-Inf anywhere) gives a NaN tensor scale, so the whole tensor
 dequantizes to NaN: overflow stays visible, as it would in BF16, never silently clipped.
@@ -90,11 +91,21 @@ def _rtn(xb: Tensor, value_max: float, scale_max: float, block_amax: Tensor | No
     return _round(xb, s_t, _block_scales(block_amax, value_max, s_t))
 
 
+def tree_sum(t: Tensor, dims: int = 1) -> Tensor:
+    """Sum over the last ``dims`` dimensions (a power-of-two count) as a pairwise tree of
+    adjacent elements: one fixed float32 rounding order on every device, which a kernel can
+    reproduce, where ``Tensor.sum`` reduces in a backend-specific order."""
+    t = t.flatten(-dims) if dims > 1 else t
+    while t.shape[-1] > 1:
+        t = t[..., 0::2] + t[..., 1::2]
+    return t.squeeze(-1)
+
+
 def _block_squared_error(c: _Scaled) -> Tensor:
     """``sum (x - deq)^2 / s_t^2`` per block, as ``sum ((u - e2m1) * s_b)^2``: the 4/6 rule
     only compares candidates sharing ``s_t``, and this form neither overflows nor underflows
     float32 at extreme magnitudes, so the choice is invariant to power-of-two rescaling."""
-    return ((c.u - decode_e2m1(c.codes)) * c.block_scales.unsqueeze(-1)).square().sum(-1)
+    return tree_sum(((c.u - decode_e2m1(c.codes)) * c.block_scales.unsqueeze(-1)).square())
 
 
 def _pack(c: _Scaled, like: Tensor) -> NVFP4Tensor:
@@ -166,8 +177,8 @@ def quantize_ms_eden(
     c = _rtn(xb, E2M1_MAX / MS_EDEN_SCALE_OVERRIDE, MS_EDEN_SCALE_MAX)
     per_group = (xb.shape[0], xb.shape[1] * BLOCK // EDEN_GROUP, EDEN_GROUP // BLOCK, BLOCK)
     u, q = c.u.reshape(per_group), decode_e2m1(c.codes).reshape(per_group)
-    numerator = (u * u).sum((-1, -2))
-    denominator = (u * q).sum((-1, -2))
+    numerator = tree_sum(u * u, dims=2)
+    denominator = tree_sum(u * q, dims=2)
     correction = torch.where(denominator == 0, 1.0, numerator / denominator)
     corrected = (c.block_scales.reshape(per_group[:-1]) * correction.unsqueeze(-1)).flatten(-2)
     if uniforms is None:
