@@ -15,6 +15,7 @@ from typing import Any
 import torch.fx as fx
 
 from .config import QuartetConfig
+from .ops import reseed
 from .passes.linear_rewrite import MatmulDecision, rewrite_linears
 
 log = logging.getLogger("quartet_compile")
@@ -63,6 +64,8 @@ class QuartetBackend:
     def __init__(self, config: QuartetConfig | None = None):
         self.config = config or QuartetConfig()
         self.reports: list[list[MatmulDecision]] = []
+        if self.config.seed is not None:
+            reseed(self.config.seed)
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list, mode: str | None = None) -> Callable:
         decisions = rewrite_linears(gm, example_inputs, self.config)

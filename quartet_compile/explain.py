@@ -33,8 +33,8 @@ class ExplainReport:
         ]
         widths = [max(len(c) for c in col) for col in zip(_COLUMNS, *cells, strict=False)]
         line = "  ".join(f"{{:<{w}}}" for w in widths)
-        out = [line.format(*_COLUMNS), line.format(*("-" * w for w in widths))]
-        out += [line.format(*c) for c in cells]
+        out = [line.format(*_COLUMNS).rstrip(), line.format(*("-" * w for w in widths))]
+        out += [line.format(*c).rstrip() for c in cells]
         out.append(f"{len(self.quantized)} of {len(self.rows)} matmuls quantized")
         return "\n".join(out)
 

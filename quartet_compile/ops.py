@@ -49,6 +49,13 @@ def _random_source(rng: int, device: torch.device) -> torch.Generator | None:
     return _seeded_generators[key]
 
 
+def reseed(seed: int) -> None:
+    """Restart the generators of ``seed`` (a new backend with ``seed=`` calls this), so the
+    same seed replays the same backward randomness."""
+    for key in [k for k in _seeded_generators if k[0] == seed]:
+        del _seeded_generators[key]
+
+
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """The reference picks its own precisions; an enclosing autocast must not recast them."""
     return torch.autocast(device_type=device.type, enabled=False)

@@ -118,6 +118,21 @@ def test_bf16_recipe_equals_plain_inductor():
         assert rel(grads[name], g) < 1e-4, name
 
 
+def test_seed_option_gives_reproducible_randomness_of_its_own():
+    model = tiny_llama()
+    batches = token_batches(2)
+
+    def run(seed, global_seed):
+        torch._dynamo.reset()
+        compiled = torch.compile(copy.deepcopy(model), backend=backend(seed=seed, inner_backend="aot_eager"))
+        return train(compiled, batches, seed=global_seed)
+
+    (_, a), (_, b), (_, c) = run(1, 0), run(1, 5), run(2, 0)
+    name = "layers.0.attn.q_proj.weight"
+    assert torch.equal(a[name], b[name])  # the global seed does not move it
+    assert not torch.equal(a[name], c[name])
+
+
 def test_options_and_backend_object_agree_and_bad_options_fail():
     tokens = token_batches(1)[0][:, :-1]
     model = tiny_llama()
