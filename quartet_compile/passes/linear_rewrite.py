@@ -30,7 +30,9 @@ _MATMUL = {torch.matmul, operator.matmul, torch.mm, torch.Tensor.matmul, torch.T
 _MATMUL_METHODS = {"matmul", "mm", "__matmul__"}
 _ADDMM = {torch.addmm}
 _BATCHED = {torch.bmm, torch.baddbmm, torch.Tensor.bmm}
-_TRANSPOSES = {torch.t, torch.Tensor.t}
+# ``W.T`` is ``getattr(W, "T")`` in Dynamo graphs up to torch 2.13 and ``aten.numpy_T`` from 2.14.
+_TRANSPOSES = {torch.t, torch.Tensor.t, torch.ops.aten.t, torch.ops.aten.t.default}
+_TRANSPOSES |= {torch.ops.aten.numpy_T, torch.ops.aten.numpy_T.default}
 _TRANSPOSE_METHODS = {"t"}
 # Higher-order ops whose body graph runs the operands given after it (activation checkpointing).
 _BODY_HOPS = ("tag_activation_checkpoint", "wrap")
