@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
@@ -93,9 +92,6 @@ class QuartetConfig:
             valid = ", ".join(f.name for f in fields(cls))
             raise ValueError(f"unknown quartet option(s) {sorted(unknown)}; valid options: {valid}")
         return cls(**options)
-
-    def replace(self, **changes: Any) -> QuartetConfig:
-        return dataclasses.replace(self, **changes)
 
     @property
     def forward_quant(self) -> ForwardQuant:

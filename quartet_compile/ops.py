@@ -215,6 +215,15 @@ def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, T
     return x, weight, bias
 
 
+def op_arguments(config: QuartetConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`quartet_linear_op` that select ``config``'s numerics."""
+    return {
+        "recipe": config.recipe.value,
+        "four_over_six": _NO_FOUR_OVER_SIX_OVERRIDE if config.four_over_six is None else int(config.four_over_six),
+        "rng": DEFAULT_RNG if config.seed is None else config.seed,
+    }
+
+
 def _pad_amount(size: int | torch.SymInt, multiple: int) -> int | torch.SymInt:
     return (multiple - size % multiple) % multiple
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from quartet_compile.config import QuartetConfig
-from quartet_compile.ops import DEFAULT_RNG, quartet_linear_op
+from quartet_compile.ops import op_arguments, quartet_linear_op
 
 
 class ReferenceLinear(nn.Module):
@@ -18,11 +18,7 @@ class ReferenceLinear(nn.Module):
     def __init__(self, linear: nn.Linear, config: QuartetConfig):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
-        self.kwargs = {
-            "recipe": config.recipe.value,
-            "four_over_six": -1 if config.four_over_six is None else int(config.four_over_six),
-            "rng": DEFAULT_RNG if config.seed is None else config.seed,
-        }
+        self.kwargs = op_arguments(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quartet_linear_op(x, self.weight, self.bias, **self.kwargs)

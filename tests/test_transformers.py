@@ -11,8 +11,8 @@ transformers = pytest.importorskip("transformers")
 SMALL = dict(vocab_size=256, max_position_embeddings=256)
 
 
-def llama():
-    cfg = transformers.LlamaConfig(
+def _llama_like(config_cls, model_cls):
+    cfg = config_cls(
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=2,
@@ -29,28 +29,15 @@ def llama():
         "mlp.up_proj",
         "mlp.down_proj",
     )
-    return transformers.LlamaForCausalLM(cfg), [f"model.layers.{i}.{p}" for i in range(2) for p in projections]
+    return model_cls(cfg), [f"model.layers.{i}.{p}" for i in range(2) for p in projections]
+
+
+def llama():
+    return _llama_like(transformers.LlamaConfig, transformers.LlamaForCausalLM)
 
 
 def qwen2():
-    cfg = transformers.Qwen2Config(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        **SMALL,
-    )
-    projections = (
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    )
-    return transformers.Qwen2ForCausalLM(cfg), [f"model.layers.{i}.{p}" for i in range(2) for p in projections]
+    return _llama_like(transformers.Qwen2Config, transformers.Qwen2ForCausalLM)
 
 
 def gpt2():

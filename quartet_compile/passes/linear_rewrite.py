@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 
 from ..config import QuartetConfig
-from ..ops import DEFAULT_RNG, quartet_linear_op
+from ..ops import op_arguments, quartet_linear_op
 from ..reference.linear import required_multiples
 
 _LINEAR = {torch._C._nn.linear}
@@ -240,15 +240,7 @@ def _rewrite(node: fx.Node, match: _Linear, config: QuartetConfig) -> None:
     graph = node.graph
     with graph.inserting_before(node):
         weight = graph.call_function(torch.t, (match.weight,)) if match.transpose else match.weight
-        new = graph.call_function(
-            quartet_linear_op,
-            (match.x, weight, match.bias),
-            {
-                "recipe": config.recipe.value,
-                "four_over_six": -1 if config.four_over_six is None else int(config.four_over_six),
-                "rng": DEFAULT_RNG if config.seed is None else config.seed,
-            },
-        )
+        new = graph.call_function(quartet_linear_op, (match.x, weight, match.bias), op_arguments(config))
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
