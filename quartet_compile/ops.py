@@ -3,8 +3,8 @@ single operators, so AOTAutograd traces both graphs with our ops and nothing opa
 
 ``quartet::linear`` returns the output and the FP4 tensors the backward needs (empty where a
 recipe keeps nothing); ``quartet::linear_backward`` computes ``(dx, dW)``. Their default
-implementation is the pure-PyTorch reference on every device; device kernels register over it
-with ``torch.library.register_kernel``. :func:`quartet_linear_op` is what compiled graphs call:
+implementation runs the Triton kernels (``quartet_compile.kernels``) on CUDA for the recipe parts
+they cover and the pure-PyTorch reference everywhere else. :func:`quartet_linear_op` is what compiled graphs call:
 it applies autocast the way ``F.linear`` would and zero-pads shapes the recipe cannot take
 (padding leaves every product unchanged), so the ops only ever see aligned shapes.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 from typing import Any
 
 import torch
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import BackwardQuant, ForwardQuant, QuartetConfig, Recipe
-from .reference.linear import Saved, linear_backward, linear_forward, required_multiples
+from .reference import linear as reference
+from .reference.linear import Saved, required_multiples
 from .reference.nvfp4 import NVFP4Tensor
 
 DEFAULT_RNG = -1
@@ -56,6 +58,32 @@ def reseed(seed: int) -> None:
         del _seeded_generators[key]
 
 
+def _kernels_for(config: QuartetConfig, device: torch.device) -> tuple[bool, bool]:
+    """(forward, backward): whether the Triton kernels run ``config`` on ``device``."""
+    if device.type != "cuda" or importlib.util.find_spec("triton") is None:
+        return False, False
+    from .kernels.linear import supports
+
+    return supports(config)
+
+
+def _linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, config: QuartetConfig) -> tuple[Tensor, Saved]:
+    if _kernels_for(config, x.device)[0]:
+        from .kernels.linear import linear_forward
+
+        reference.check_shapes(config, x.shape[0], x.shape[1], weight.shape[0])
+        return linear_forward(x, weight, bias, config)
+    return reference.linear_forward(x, weight, bias, config)
+
+
+def _linear_backward(grad: Tensor, saved: Saved, config: QuartetConfig, **kwargs: Any) -> tuple[Tensor | None, ...]:
+    if _kernels_for(config, grad.device)[1]:
+        from .kernels.linear import linear_backward
+
+        return linear_backward(grad, saved, **kwargs)
+    return reference.linear_backward(grad, saved, config, **kwargs)
+
+
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """The reference picks its own precisions; an enclosing autocast must not recast them."""
     return torch.autocast(device_type=device.type, enabled=False)
@@ -83,7 +111,7 @@ def linear(
     same three for the weight)``; FP4 parts the recipe's backward does not read are empty."""
     config = _config(recipe, four_over_six)
     with _no_autocast(x.device):
-        y, saved = linear_forward(x, weight, bias, config)
+        y, saved = _linear_forward(x, weight, bias, config)
     return y, *_fp4_parts(saved.xq, x), *_fp4_parts(saved.wq, x)
 
 
@@ -142,7 +170,7 @@ def linear_backward_op(
         wq=rebuild(w_codes, w_scales, w_tensor_scale, n, w_dtype),
     )
     with _no_autocast(grad.device):
-        dx, dw = linear_backward(
+        dx, dw = _linear_backward(
             grad,
             saved,
             config,

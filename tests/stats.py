@@ -17,11 +17,11 @@ def mean_squared_z(samples: Tensor, exact: Tensor, projections: int = 64) -> flo
     with the number of draws for a biased one, infinite for a deterministic one that
     misses ``exact``.
     """
-    flat = samples.double().flatten(1)
+    flat = samples.double().flatten(1).cpu()
     directions = torch.randn(
         flat.shape[1], projections, generator=torch.Generator().manual_seed(0), dtype=torch.float64
     )
-    projected, target = flat @ directions, exact.double().flatten() @ directions
+    projected, target = flat @ directions, exact.double().flatten().cpu() @ directions
     bias = projected.mean(0) - target
     standard_error = projected.std(0) / flat.shape[0] ** 0.5
     tiny = 1e-12 * target.abs().max().clamp(min=1e-300)

@@ -15,6 +15,7 @@ from .nvfp4 import NVFP4Tensor, nvfp4_matmul
 from .quantizers import (
     quantize_four_over_six,
     quantize_ms_eden,
+    quantize_ms_eden_rotated,
     quantize_rtn,
     quantize_rtn_2d,
     quantize_sr,
@@ -30,6 +31,7 @@ __all__ = [
     "pack_e2m1",
     "quantize_four_over_six",
     "quantize_ms_eden",
+    "quantize_ms_eden_rotated",
     "quantize_rtn",
     "quantize_rtn_2d",
     "quantize_sr",

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 
-def _sylvester_pm1(n: int, device: torch.device | str | None) -> Tensor:
+def sylvester_pm1(n: int, device: torch.device | str | None = None) -> Tensor:
     """The +-1 Sylvester matrix, ``H[i, j] = (-1)^popcount(i & j)``, built with device ops:
     no host-to-device copy and no cached tensor, so it is safe inside CUDA-graph capture."""
     if n < 1 or n & (n - 1):
@@ -23,7 +23,7 @@ def _sylvester_pm1(n: int, device: torch.device | str | None) -> Tensor:
 
 def hadamard_matrix(n: int, device: torch.device | str | None = None) -> Tensor:
     """Orthonormal Sylvester Hadamard matrix ``H / sqrt(n)`` in float32."""
-    return _sylvester_pm1(n, device) * n**-0.5
+    return sylvester_pm1(n, device) * n**-0.5
 
 
 def rht(x: Tensor, signs: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ def rht(x: Tensor, signs: Tensor) -> Tensor:
     if x.shape[-1] % n:
         raise ValueError(f"RHT-{n} needs the last dimension to be a multiple of {n}, got {x.shape[-1]}")
     groups = x.float().unflatten(-1, (x.shape[-1] // n, n)) * signs.to(device=x.device, dtype=torch.float32)
-    rotated = groups @ _sylvester_pm1(n, x.device)
+    rotated = groups @ sylvester_pm1(n, x.device)
     return (rotated * (1.0 / math.sqrt(n))).flatten(-2)
 
 

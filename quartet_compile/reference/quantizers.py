@@ -65,14 +65,21 @@ def _blocks(x: Tensor, multiple: int = BLOCK) -> Tensor:
     return x.detach().float().reshape(math.prod(x.shape[:-1]), x.shape[-1] // BLOCK, BLOCK)
 
 
+def _divide(x: Tensor, constant: float) -> Tensor:
+    """``x / fp32(constant)`` as a correctly rounded division on every device: a 0-d divisor
+    on ``x``'s device, since dividing a CUDA tensor by a host scalar multiplies by its
+    rounded reciprocal instead (1 ulp off for some inputs)."""
+    return x / torch.full((), constant, dtype=torch.float32, device=x.device)
+
+
 def _tensor_scale(amax: Tensor, value_max: float, scale_max: float) -> Tensor:
-    s_t = amax / torch.tensor(value_max * scale_max, dtype=torch.float32)
+    s_t = _divide(amax, value_max * scale_max)
     s_t = torch.where(amax == 0, 1.0, s_t.clamp(min=_FP32_MIN_NORMAL))
     return torch.where(torch.isfinite(amax), s_t, torch.nan)
 
 
 def _block_scales(block_amax: Tensor, value_max: float, s_t: Tensor, factor: float | None = None) -> Tensor:
-    target = block_amax / torch.tensor(value_max, dtype=torch.float32)
+    target = _divide(block_amax, value_max)
     if factor is not None:
         target = target * factor
     s_b = round_to_e4m3(target / s_t)
@@ -168,12 +175,23 @@ def quantize_sr(x: Tensor, *, source: RandomSource = None, uniforms: Tensor | No
 def quantize_ms_eden(
     x: Tensor, signs: Tensor, *, source: RandomSource = None, uniforms: Tensor | None = None
 ) -> NVFP4Tensor:
-    """MS-EDEN (SPEC 3): RHT-128 with ``signs``, RTN with headroom, per-128-group EDEN
-    correction ``<u,u>/<u,q>`` folded into the block scales, which are then rounded to E4M3
-    stochastically (``uniforms``: one draw per block). Returns the quantized *rotated*
-    tensor; the rotation cancels in a product whose other operand used the same signs."""
-    xb = _blocks(x, EDEN_GROUP)
-    xb = rht(xb.flatten(1), signs).unflatten(-1, xb.shape[1:])
+    """MS-EDEN (SPEC 3): RHT-128 with ``signs``, then :func:`quantize_ms_eden_rotated`.
+    Returns the quantized *rotated* tensor; the rotation cancels in a product whose other
+    operand used the same signs."""
+    _blocks(x, EDEN_GROUP)
+    rows = math.prod(x.shape[:-1])
+    return quantize_ms_eden_rotated(rht(x.reshape(rows, x.shape[-1]), signs), source=source, uniforms=uniforms, like=x)
+
+
+def quantize_ms_eden_rotated(
+    xr: Tensor, *, source: RandomSource = None, uniforms: Tensor | None = None, like: Tensor | None = None
+) -> NVFP4Tensor:
+    """Steps 2-4 of MS-EDEN on an already rotated tensor: RTN with headroom, the per-128-group
+    EDEN correction ``<u,u>/<u,q>`` folded into the block scales, which are then rounded to
+    E4M3 stochastically (``uniforms``: one draw per block). Kernels rotate on tensor cores,
+    whose float32 accumulation order differs from ours, so their quantization stage is
+    checked bit for bit against this function fed their rotated tensor."""
+    xb = _blocks(xr, EDEN_GROUP)
     c = _rtn(xb, E2M1_MAX / MS_EDEN_SCALE_OVERRIDE, MS_EDEN_SCALE_MAX)
     per_group = (xb.shape[0], xb.shape[1] * BLOCK // EDEN_GROUP, EDEN_GROUP // BLOCK, BLOCK)
     u, q = c.u.reshape(per_group), decode_e2m1(c.codes).reshape(per_group)
@@ -184,4 +202,4 @@ def quantize_ms_eden(
     if uniforms is None:
         uniforms = uniform(corrected.shape, source, corrected.device)
     block_scales = stochastic_round_to_e4m3(corrected, uniforms.reshape(corrected.shape))
-    return _pack(_Scaled(c.tensor_scale, block_scales, c.codes, c.u), x)
+    return _pack(_Scaled(c.tensor_scale, block_scales, c.codes, c.u), xr if like is None else like)

@@ -1,0 +1,87 @@
+"""Native NVFP4 GEMM for sm_100+ (Blackwell): ``tl.dot_scaled`` with e2m1 operands and
+E4M3 scales per 16 elements, which Triton lowers to ``tcgen05.mma ... kind::mxf4nvf4.block_scale``.
+
+Operand layout is exactly :class:`~quartet_compile.reference.NVFP4Tensor`'s: packed codes
+``[rows, K/2]`` (element 2i in the low nibble, "first element in lower bits" in
+``tl.dot_scaled``'s contract) and scales ``[rows, K/16]`` row-major, which ``dot_scaled``
+takes untransposed for both operands (``lhs_scale [M, K/16]``, ``rhs_scale [N, K/16]``); the
+16-element group size is deduced from those shapes. Triton copies the scales into tensor
+memory in the layout the PTX ISA specifies for ``scale_vec::4X`` (checked against Triton's
+``10-block-scaled-matmul`` tutorial and the PTX ISA section on tcgen05 block scaling).
+No Blackwell GPU is available to this project: CI compiles this kernel for sm_100 and
+checks the instruction in the PTX (``tests/test_kernels_compile.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..reference.nvfp4 import NVFP4Tensor
+from .gemm import scaled_store
+
+
+@triton.jit
+def dot_scaled_gemm_kernel(
+    a_ptr,
+    a_scales_ptr,
+    b_ptr,
+    b_scales_ptr,
+    scale_a_ptr,
+    scale_b_ptr,
+    bias_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    stride_cm,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_load = tl.where(m < M, m, 0).to(tl.int64)
+    n_load = tl.where(n < N, n, 0).to(tl.int64)
+    kb = tl.arange(0, BLOCK_K // 2)
+    ks = tl.arange(0, BLOCK_K // 16)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K // BLOCK_K):
+        a = tl.load(a_ptr + m_load[:, None] * (K // 2) + (k * (BLOCK_K // 2) + kb)[None, :])
+        b = tl.load(b_ptr + n_load[:, None] * (K // 2) + (k * (BLOCK_K // 2) + kb)[None, :])
+        sa = tl.load(a_scales_ptr + m_load[:, None] * (K // 16) + (k * (BLOCK_K // 16) + ks)[None, :])
+        sb = tl.load(b_scales_ptr + n_load[:, None] * (K // 16) + (k * (BLOCK_K // 16) + ks)[None, :])
+        acc = tl.dot_scaled(a, sa, "e2m1", tl.trans(b), sb, "e2m1", acc)
+    scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_cm, HAS_BIAS)
+
+
+BLACKWELL_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}
+
+
+def dot_scaled_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
+    """Native NVFP4 GEMM (sm_100+ only); ``K`` a multiple of 128."""
+    m, k = a.codes.shape[0], 2 * a.codes.shape[1]
+    n = b.codes.shape[0]
+    cfg = BLACKWELL_CONFIG
+    c = torch.empty(m, n, dtype=out_dtype, device=a.codes.device)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+    dot_scaled_gemm_kernel[grid](
+        a.codes,
+        a.scales,
+        b.codes,
+        b.scales,
+        a.tensor_scale,
+        b.tensor_scale,
+        bias,
+        c,
+        m,
+        n,
+        k,
+        c.stride(0),
+        HAS_BIAS=bias is not None,
+        **cfg,
+    )
+    return c

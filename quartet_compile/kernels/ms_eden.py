@@ -1,0 +1,288 @@
+"""Backward quantization kernel: 128-point random Hadamard transform + MS-EDEN (SPEC 3).
+
+The operand of a backward GEMM is quantized along that GEMM's reduction dimension. It is
+read either from a dense tensor with arbitrary strides (so ``g^T`` for the weight gradient
+is a strided read, never a materialised transpose) or from a saved FP4 tensor, dequantized
+and transposed in registers (the re-quantization of SPEC 4, with no bf16 round trip
+through memory).
+
+The rotation is one tensor-core product per 128-column group with the +-1 matrix ``D H``
+(exact in bf16; fp16/fp32 sources are split into 2/3 exact bf16 parts). Its float32
+accumulation order is the hardware's, so rotated values may differ from the reference's in
+the last bits; everything after the rotation is bit-for-bit ``reference.quantize_ms_eden_rotated``
+given the same rotated tensor and the same uniforms (tested with ``debug`` outputs).
+
+The tensor scale needs the amax of the *rotated* tensor, so the kernel runs twice: an amax
+pass and a quantize pass that recomputes the (cheap) rotation instead of storing it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..reference.formats import E2M1_MAX
+from ..reference.hadamard import sylvester_pm1
+from ..reference.nvfp4 import BLOCK, NVFP4Tensor
+from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
+from .nvfp4_math import (
+    e2m1_code,
+    e2m1_value,
+    e4m3_bits,
+    e4m3_rne,
+    e4m3_sr,
+    e4m3_value,
+    pack_codes,
+    tensor_scale,
+    tree_sum128,
+)
+from .quantize import EXACT, Quantized
+
+INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
+MS_EDEN_CONFIG = {"BLOCK_R": 64, "num_warps": 4}
+"""Rows per program (each program owns one 128-column group); see ``bench/kernels.py --tune``."""
+_SPLITS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
+
+
+@triton.jit
+def _dot(a, b, acc, EMULATED: tl.constexpr):
+    """bf16 tensor-core product; in float32 when EMULATED (the Triton interpreter's bf16 dot
+    is wrong, and every operand here is exact in both)."""
+    if EMULATED:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=tl.float32)
+    return tl.dot(a, b, acc, out_dtype=tl.float32)
+
+
+@triton.jit
+def _dot_split(x, rotation, SPLITS: tl.constexpr, EMULATED: tl.constexpr):
+    """``x @ rotation`` with ``x`` cut into SPLITS exact bf16 parts (hi + mid + lo)."""
+    hi = x.to(tl.bfloat16)
+    acc = _dot(hi, rotation, None, EMULATED)
+    if SPLITS > 1:
+        rest = x.to(tl.float32) - hi.to(tl.float32)
+        mid = rest.to(tl.bfloat16)
+        acc = _dot(mid, rotation, acc, EMULATED)
+        if SPLITS > 2:
+            acc = _dot((rest - mid.to(tl.float32)).to(tl.bfloat16), rotation, acc, EMULATED)
+    return acc
+
+
+@triton.jit
+def _rotated_tile(
+    src_ptr,
+    src_scales_ptr,
+    src_tensor_scale_ptr,
+    rotation_ptr,
+    r,
+    row_ok,
+    c0,
+    rows,
+    stride_r,
+    stride_c,
+    PACKED: tl.constexpr,
+    SPLITS: tl.constexpr,
+    EMULATED: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """float32 ``[BLOCK_R, 128]``: rows ``r`` of the operand, columns ``c0 .. c0+128``, rotated."""
+    g = tl.arange(0, 128)
+    rotation = tl.load(rotation_ptr + g[:, None] * 128 + g[None, :])
+    if PACKED:
+        # Operand[r, c] = deq(Q)[c, r] for a saved Q of shape [cols, rows] quantized along rows.
+        cq = (c0 + g).to(tl.int64)
+        r0 = tl.program_id(0) * BLOCK_R
+        half = r0 // 2 + tl.arange(0, BLOCK_R // 2)
+        packed = tl.load(src_ptr + cq[:, None] * (rows // 2) + half[None, :], mask=(half < rows // 2)[None, :], other=0)
+        codes = tl.reshape(tl.join(packed & 15, packed >> 4), (128, BLOCK_R))
+        nb = r0 // 16 + tl.arange(0, BLOCK_R // 16)
+        scale_bits = tl.load(
+            src_scales_ptr + cq[:, None] * (rows // 16) + nb[None, :], mask=(nb < rows // 16)[None, :], other=0
+        )
+        values = tl.reshape(e2m1_value(codes), (128, BLOCK_R // 16, 16)) * e4m3_value(scale_bits)[:, :, None]
+        tile = tl.trans(tl.reshape(values, (128, BLOCK_R))).to(tl.bfloat16)
+        acc = _dot(tile, rotation, None, EMULATED)
+        return acc * (INV_SQRT_GROUP * tl.load(src_tensor_scale_ptr))
+    c = c0 + g
+    x = tl.load(src_ptr + r.to(tl.int64)[:, None] * stride_r + c[None, :] * stride_c, mask=row_ok[:, None], other=0.0)
+    return _dot_split(x, rotation, SPLITS, EMULATED) * INV_SQRT_GROUP
+
+
+@triton.jit
+def _ms_eden_kernel(
+    src_ptr,
+    src_scales_ptr,
+    src_tensor_scale_ptr,
+    rotation_ptr,
+    rows,
+    cols,
+    stride_r,
+    stride_c,
+    amax_ptr,
+    seed_ptr,
+    codes_ptr,
+    scales_ptr,
+    deq_ptr,
+    tensor_scale_ptr,
+    rotated_ptr,
+    uniforms_ptr,
+    value_max,
+    value_max_times_scale_max,
+    AMAX_PASS: tl.constexpr,
+    PACKED: tl.constexpr,
+    SPLITS: tl.constexpr,
+    EMULATED: tl.constexpr,
+    STORE_CODES: tl.constexpr,
+    STORE_DEQ: tl.constexpr,
+    DEBUG: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = r < rows
+    c0 = tl.program_id(1) * 128
+    rot = _rotated_tile(
+        src_ptr,
+        src_scales_ptr,
+        src_tensor_scale_ptr,
+        rotation_ptr,
+        r,
+        row_ok,
+        c0,
+        rows,
+        stride_r,
+        stride_c,
+        PACKED,
+        SPLITS,
+        EMULATED,
+        BLOCK_R,
+    )
+    if AMAX_PASS:
+        a = tl.abs(rot)
+        tl.atomic_max(amax_ptr, tl.max(tl.max(tl.where(a == a, a, float("inf")), axis=1), axis=0))
+        return
+
+    s_t = tensor_scale(tl.load(amax_ptr), value_max_times_scale_max)
+    if tl.program_id(0) == 0 and tl.program_id(1) == 0:
+        tl.store(tensor_scale_ptr, s_t)
+    r64 = r.to(tl.int64)
+    c = c0 + tl.arange(0, 128)
+    xb = tl.reshape(rot, (BLOCK_R, 8, 16))
+    s_b = e4m3_rne(tl.math.div_rn(tl.math.div_rn(tl.max(tl.abs(xb), axis=2), value_max), s_t))
+    s_b = tl.where(s_b == 0.0, 1.0, s_b)
+    u = tl.math.div_rn(xb, (s_b * s_t)[:, :, None])
+    code = e2m1_code(u)
+    q = e2m1_value(code)
+    ug = tl.reshape(u, (BLOCK_R, 1, 128))
+    numerator = tl.reshape(tree_sum128(ug * ug), (BLOCK_R,))
+    denominator = tl.reshape(tree_sum128(ug * tl.reshape(q, (BLOCK_R, 1, 128))), (BLOCK_R,))
+    correction = tl.where(
+        denominator == 0.0, 1.0, tl.math.div_rn(numerator, tl.where(denominator == 0.0, 1.0, denominator))
+    )
+    blocks = c0 // 16 + tl.arange(0, 8)
+    offsets = (r[:, None] * (cols // 16) + blocks[None, :]).to(tl.uint32)
+    uniforms = tl.rand(tl.load(seed_ptr), offsets)
+    s_b = e4m3_sr(s_b * correction[:, None], uniforms)
+
+    if DEBUG:
+        tl.store(rotated_ptr + r64[:, None] * cols + c[None, :], rot, mask=row_ok[:, None])
+        tl.store(uniforms_ptr + r64[:, None] * (cols // 16) + blocks[None, :], uniforms, mask=row_ok[:, None])
+    if STORE_CODES:
+        half = c0 // 2 + tl.arange(0, 64)
+        tl.store(
+            codes_ptr + r64[:, None] * (cols // 2) + half[None, :],
+            pack_codes(tl.reshape(code, (BLOCK_R, 128))),
+            mask=row_ok[:, None],
+        )
+        tl.store(scales_ptr + r64[:, None] * (cols // 16) + blocks[None, :], e4m3_bits(s_b), mask=row_ok[:, None])
+    if STORE_DEQ:
+        deq = tl.reshape(q * s_b[:, :, None], (BLOCK_R, 128))
+        tl.store(deq_ptr + r64[:, None] * cols + c[None, :], deq.to(tl.bfloat16), mask=row_ok[:, None])
+
+
+def rotation_matrix(signs: Tensor) -> Tensor:
+    """``D H`` as bf16 ``[128, 128]`` (entries +-1, exact): one per backward call, shared by
+    both operands of each GEMM so that the rotation cancels in the product."""
+    return (signs.to(torch.float32)[:, None] * sylvester_pm1(signs.numel(), signs.device)).to(torch.bfloat16)
+
+
+def ms_eden(
+    operand: Tensor | NVFP4Tensor,
+    rotation: Tensor,
+    seed: Tensor,
+    *,
+    transpose: bool = False,
+    codes: bool = True,
+    unscaled_bf16: bool = False,
+    debug: dict[str, Tensor] | None = None,
+) -> Quantized:
+    """MS-EDEN of ``operand`` (or of ``operand.T`` with ``transpose``) along its last dim.
+
+    ``operand``: a 2-D CUDA tensor, or a saved :class:`NVFP4Tensor` ``[rows, K]`` whose
+    dequantized transpose ``[K, rows]`` is quantized (``transpose`` must then be true).
+    ``seed``: int64 0-d device tensor for the Philox stream of the scale rounding (one draw
+    per block, offset ``row * (cols/16) + block``). ``debug``: filled with the kernel's
+    ``rotated`` tensor and ``uniforms`` for bit-exact comparison with the reference.
+    """
+    packed = isinstance(operand, NVFP4Tensor)
+    if packed:
+        if not transpose:
+            raise ValueError("a saved FP4 operand is re-quantized along its rows: pass transpose=True")
+        cols, rows = operand.codes.shape[0], 2 * operand.codes.shape[1]
+        device, src, strides = operand.codes.device, operand.codes, (0, 0)
+        splits = 1
+    else:
+        src = operand.T if transpose else operand
+        rows, cols = src.shape
+        device, strides = src.device, (src.stride(0), src.stride(1))
+        splits = _SPLITS[src.dtype]
+    if cols % EDEN_GROUP or rows % BLOCK:
+        raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
+    out_codes = torch.empty(rows, cols // 2, dtype=torch.uint8, device=device) if codes else None
+    out_scales = torch.empty(rows, cols // BLOCK, dtype=torch.uint8, device=device) if codes else None
+    deq = torch.empty(rows, cols, dtype=torch.bfloat16, device=device) if unscaled_bf16 else None
+    rotated = uniforms = None
+    if debug is not None:
+        rotated = debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
+        uniforms = debug["uniforms"] = torch.empty(rows, cols // BLOCK, dtype=torch.float32, device=device)
+    amax = torch.zeros((), dtype=torch.float32, device=device)
+    s_t = torch.empty((), dtype=torch.float32, device=device)
+    value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
+    grid = (triton.cdiv(rows, MS_EDEN_CONFIG["BLOCK_R"]), cols // EDEN_GROUP)
+    src_scales = operand.scales.view(torch.uint8) if packed else None
+    src_tensor_scale = operand.tensor_scale if packed else None
+    for amax_pass in (True, False):
+        _ms_eden_kernel[grid](
+            src,
+            src_scales,
+            src_tensor_scale,
+            rotation,
+            rows,
+            cols,
+            *strides,
+            amax,
+            seed,
+            out_codes,
+            out_scales,
+            deq,
+            s_t,
+            rotated,
+            uniforms,
+            value_max,
+            value_max * MS_EDEN_SCALE_MAX,
+            AMAX_PASS=amax_pass,
+            PACKED=packed,
+            SPLITS=splits,
+            EMULATED=device.type != "cuda",
+            STORE_CODES=codes,
+            STORE_DEQ=unscaled_bf16,
+            DEBUG=debug is not None,
+            **MS_EDEN_CONFIG,
+            **EXACT,
+        )
+    fp4 = None
+    if codes:
+        fp4 = NVFP4Tensor(out_codes, out_scales.view(torch.float8_e4m3fn), s_t, torch.Size((rows, cols)), torch.float32)
+    return Quantized(fp4, deq, s_t)

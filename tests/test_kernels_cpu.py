@@ -1,0 +1,140 @@
+"""CPU tests of the Triton kernels: interpreter runs against the reference, and compile-only
+checks of the generated PTX for Hopper (sm_90) and Blackwell (sm_100)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from quartet_compile.kernels import blackwell, gemm, ms_eden, quantize  # noqa: E402
+
+CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
+
+
+@pytest.mark.parametrize("check", ["forward_quantize", "ms_eden_stage"])
+def test_kernel_matches_reference_in_triton_interpreter(check):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, str(CHECKS), check], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def _compile(kernel, signature: dict[str, str], constexprs: dict, arch: int, **options):
+    return triton.compile(
+        ASTSource(fn=kernel, signature={**signature, **dict.fromkeys(constexprs, "constexpr")}, constexprs=constexprs),
+        target=GPUTarget("cuda", arch, 32),
+        options=options,
+    )
+
+
+_GEMM_SIGNATURE = {
+    "a_ptr": "*u8",
+    "a_scales_ptr": "*u8",
+    "b_ptr": "*u8",
+    "b_scales_ptr": "*u8",
+    "scale_a_ptr": "*fp32",
+    "scale_b_ptr": "*fp32",
+    "bias_ptr": "*bf16",
+    "c_ptr": "*bf16",
+    "M": "i32",
+    "N": "i32",
+    "K": "i32",
+    "stride_cm": "i32",
+}
+
+
+def _split(config: dict) -> tuple[dict, dict]:
+    constexprs = {k: v for k, v in config.items() if not k.startswith("num_")}
+    return constexprs, {k: v for k, v in config.items() if k.startswith("num_")}
+
+
+def test_blackwell_gemm_compiles_to_native_nvfp4_mma():
+    constexprs, options = _split(blackwell.BLACKWELL_CONFIG)
+    signature = {**_GEMM_SIGNATURE, "a_scales_ptr": "*fp8e4nv", "b_scales_ptr": "*fp8e4nv"}
+    compiled = _compile(blackwell.dot_scaled_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 100, **options)
+    ptx = compiled.asm["ptx"]
+    assert "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale" in ptx
+    # One E4M3 scale per 16 elements (Triton 3.9 spells it ".block16", 3.6 "scale_vec::4X"),
+    # both operands e2m1 with scales shaped [rows, K/16] exactly as NVFP4Tensor stores them.
+    assert re.search(r"kind::mxf4nvf4\.block_scale\.(block16|scale_vec::4X)", ptx)
+    bm, bn, bk = (constexprs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    operands = (
+        rf"tensor<{bm}x{bk // 2}xi8>, tensor<{bm}x{bk // 16}xf8E4M3FN> \* "
+        rf"tensor<{bk // 2}x{bn}xi8>, tensor<{bn}x{bk // 16}xf8E4M3FN>"
+    )
+    assert re.search(rf"tt\.dot_scaled .* lhs = e2m1 rhs = e2m1 .*: {operands}", compiled.asm["ttir"])
+    assert "ttng.tc_gen5_mma_scaled" in compiled.asm["ttgir"]
+
+
+def test_hopper_gemm_uses_wgmma_on_bf16():
+    constexprs, options = _split(gemm.DEQUANT_GEMM_CONFIG)
+    compiled = _compile(gemm._dequant_gemm_kernel, _GEMM_SIGNATURE, {"HAS_BIAS": True, **constexprs}, 90, **options)
+    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", compiled.asm["ptx"])
+
+
+@pytest.mark.parametrize("four_over_six", [False, True])
+def test_quantize_kernel_ptx_has_exact_division_and_no_fma(four_over_six):
+    """The reference's float32 order survives compilation: IEEE division, no contracted FMA."""
+    signature = {
+        "x_ptr": "*bf16",
+        "rows": "i32",
+        "cols": "i32",
+        "stride_r": "i32",
+        "stride_c": "i32",
+        "amax_ptr": "*fp32",
+        "codes_ptr": "*u8",
+        "scales_ptr": "*u8",
+        "deq_ptr": "*bf16",
+        "tensor_scale_ptr": "*fp32",
+        "value_max": "fp32",
+        "value_max_times_scale_max": "fp32",
+    }
+    constexprs = {"FOUR_OVER_SIX": four_over_six, "STORE_CODES": True, "STORE_DEQ": True, "BLOCK_R": 32, "BLOCK_C": 128}
+    ptx = _compile(quantize._quantize_kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]
+    assert "div.rn.f32" in ptx
+    assert "fma.rn.f32" not in ptx
+    assert "cvt.rn.satfinite.e4m3x2" not in ptx
+
+
+def test_ms_eden_kernel_ptx_has_exact_division_and_no_fma():
+    signature = {
+        "src_ptr": "*bf16",
+        "src_scales_ptr": "*u8",
+        "src_tensor_scale_ptr": "*fp32",
+        "rotation_ptr": "*bf16",
+        "rows": "i32",
+        "cols": "i32",
+        "stride_r": "i32",
+        "stride_c": "i32",
+        "amax_ptr": "*fp32",
+        "seed_ptr": "*i64",
+        "codes_ptr": "*u8",
+        "scales_ptr": "*u8",
+        "deq_ptr": "*bf16",
+        "tensor_scale_ptr": "*fp32",
+        "rotated_ptr": "*fp32",
+        "uniforms_ptr": "*fp32",
+        "value_max": "fp32",
+        "value_max_times_scale_max": "fp32",
+    }
+    constexprs = {
+        "AMAX_PASS": False,
+        "PACKED": False,
+        "SPLITS": 1,
+        "EMULATED": False,
+        "STORE_CODES": True,
+        "STORE_DEQ": True,
+        "DEBUG": False,
+        "BLOCK_R": 64,
+    }
+    ptx = _compile(ms_eden._ms_eden_kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]
+    assert "div.rn.f32" in ptx and "fma.rn.f32" not in ptx
+    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)

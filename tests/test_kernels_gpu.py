@@ -1,0 +1,223 @@
+"""Triton kernels against the reference on a CUDA GPU (marker ``gpu``; skipped on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quartet_compile.reference import (
+    NVFP4Tensor,
+    nvfp4_matmul,
+    quantize_four_over_six,
+    quantize_ms_eden_rotated,
+    quantize_rtn,
+    random_signs,
+    rht,
+)
+from quartet_compile.reference.linear import Saved
+from quartet_compile.reference.linear import linear_forward as reference_forward
+
+from .stats import UNBIASED_BOUND, mean_squared_z
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def poisoned_allocator():
+    """Fill recycled device memory with 0xFF (NaN in every float format) so that an output
+    element a kernel forgets to write cannot pass as a stale correct value."""
+    if torch.cuda.is_available():
+        torch.empty(1 << 28, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    yield
+
+
+def _fresh(rows: int, cols: int, dtype: torch.dtype, spread: float = 3.0) -> torch.Tensor:
+    """Gaussian rows with per-column magnitudes spread over ``10**+-spread``: every block has a
+    different scale, and some blocks sit near the E4M3 subnormal range."""
+    x = torch.randn(rows, cols, device="cuda") * torch.logspace(-spread, spread, cols, device="cuda")
+    return x[:, torch.randperm(cols, device="cuda")].to(dtype)
+
+
+def _assert_same_fp4(kernel: NVFP4Tensor, ref: NVFP4Tensor) -> None:
+    assert torch.equal(kernel.tensor_scale, ref.tensor_scale)
+    assert torch.equal(kernel.scales.view(torch.uint8), ref.scales.view(torch.uint8))
+    assert torch.equal(kernel.codes, ref.codes)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("four_over_six", [False, True])
+@pytest.mark.parametrize("shape", [(1, 16), (77, 48), (256, 4096), (1000, 2064)])
+def test_forward_quantize_is_bit_identical(dtype, four_over_six, shape):
+    from quartet_compile.kernels.quantize import quantize
+
+    x = _fresh(*shape, dtype)
+    k = quantize(x, four_over_six=four_over_six, unscaled_bf16=True)
+    ref = (quantize_four_over_six if four_over_six else quantize_rtn)(x)
+    _assert_same_fp4(k.fp4, ref)
+    assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
+
+
+def test_forward_quantize_reads_strided_input_and_extreme_magnitudes():
+    from quartet_compile.kernels.quantize import quantize
+
+    for scale in (1e-30, 1.0, 1e30):
+        x = (_fresh(512, 256, torch.float32) * scale).T  # non-contiguous [256, 512]
+        _assert_same_fp4(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))
+
+
+def test_forward_quantize_zero_and_non_finite():
+    from quartet_compile.kernels.quantize import quantize
+
+    zero = quantize(torch.zeros(64, 128, device="cuda"), four_over_six=True).fp4
+    assert zero.tensor_scale.item() == 1.0 and torch.equal(zero.dequantize(), torch.zeros(64, 128, device="cuda"))
+    for bad in (float("nan"), float("inf")):
+        x = _fresh(64, 128, torch.bfloat16)
+        x[3, 5] = bad
+        assert quantize(x).fp4.dequantize().isnan().all()
+
+
+@pytest.mark.parametrize("source", ["bf16", "bf16.T", "fp16", "fp32.T", "packed"])
+def test_ms_eden_quantization_stage_is_bit_identical(source):
+    """Same rotated tensor and same uniforms -> the reference's exact codes and scales; the
+    tensor-core rotation itself matches the float32 reference to rounding."""
+    from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
+    from quartet_compile.kernels.quantize import quantize
+
+    signs = random_signs(128, None, torch.device("cuda"))
+    seed = torch.randint(0, 2**62, (), device="cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "packed": torch.float32}
+    x = _fresh(384, 1024, dtype[source.split(".")[0]], spread=1.0)
+    if source == "packed":
+        op = quantize(x, four_over_six=True).fp4
+        exact = op.dequantize(torch.float32).T
+    else:
+        op, exact = x, (x.float().T if source.endswith(".T") else x.float())
+    debug: dict[str, torch.Tensor] = {}
+    k = ms_eden(
+        op,
+        rotation_matrix(signs),
+        seed,
+        transpose=source.endswith(".T") or source == "packed",
+        unscaled_bf16=True,
+        debug=debug,
+    )
+    ref_rotated = rht(exact, signs)
+    assert (debug["rotated"] - ref_rotated).norm() / ref_rotated.norm() < 1e-6
+    ref = quantize_ms_eden_rotated(debug["rotated"], uniforms=debug["uniforms"])
+    _assert_same_fp4(k.fp4, ref)
+    assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
+    u = debug["uniforms"]
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean().item() - 0.5) < 0.01
+
+
+def test_ms_eden_kernel_product_is_unbiased_and_rtn_is_not():
+    """Mean over draws of the kernel's MS-EDEN product estimate converges to ``a b^T``; the
+    negative control (RTN, deterministic) does not."""
+    from quartet_compile.kernels.gemm import dequant_gemm
+    from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
+
+    a, b = torch.randn(128, 256, device="cuda"), torch.randn(128, 256, device="cuda")
+    exact = a.double() @ b.double().T
+    draws = []
+    for _ in range(256):
+        rotation = rotation_matrix(random_signs(128, None, torch.device("cuda")))
+        seeds = torch.randint(0, 2**62, (2,), device="cuda")
+        draws.append(
+            dequant_gemm(ms_eden(a, rotation, seeds[0]).fp4, ms_eden(b, rotation, seeds[1]).fp4, torch.float32)
+        )
+    assert mean_squared_z(torch.stack(draws), exact) < UNBIASED_BOUND
+    rtn = nvfp4_matmul(quantize_rtn(a), quantize_rtn(b), torch.float32)
+    assert mean_squared_z(torch.stack([rtn] * 16), exact) > 10
+
+
+def _gemm_operands(m: int, n: int, k: int) -> tuple:
+    from quartet_compile.kernels.quantize import quantize
+
+    a, b = (
+        quantize(_fresh(m, k, torch.bfloat16, 1.0), unscaled_bf16=True),
+        quantize(_fresh(n, k, torch.bfloat16, 1.0), unscaled_bf16=True),
+    )
+    exact = (a.fp4.dequantize(torch.float64) @ b.fp4.dequantize(torch.float64).T).float()
+    return a, b, exact
+
+
+@pytest.mark.parametrize("m,n,k", [(128, 128, 128), (300, 200, 256), (1000, 384, 1024), (64, 256, 16384), (8, 8, 4096)])
+@pytest.mark.parametrize("route", ["triton", "cublas"])
+def test_gemm_equals_float64_product(m, n, k, route):
+    from quartet_compile.kernels.gemm import cublas_gemm, dequant_gemm
+
+    a, b, exact = _gemm_operands(m, n, k)
+    bias = torch.randn(n, device="cuda")
+    if route == "triton":
+        out = dequant_gemm(a.fp4, b.fp4, torch.float32, bias)
+    else:
+        out = cublas_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, torch.float32, bias)
+    expected = exact + bias
+    assert torch.isfinite(out).all()
+    assert ((out - expected).norm() / expected.norm()).item() < 1e-5
+    out_bf16 = dequant_gemm(a.fp4, b.fp4, torch.bfloat16) if route == "triton" else None
+    if out_bf16 is not None:
+        assert ((out_bf16.float() - exact).norm() / exact.norm()).item() < 4e-3
+
+
+def test_kernel_linear_forward_matches_reference():
+    from quartet_compile.config import QuartetConfig
+    from quartet_compile.kernels.linear import linear_forward
+
+    config = QuartetConfig(recipe="quartet2")
+    x, w, bias = (
+        _fresh(512, 384, torch.bfloat16, 1.0),
+        _fresh(256, 384, torch.bfloat16, 1.0),
+        torch.randn(256, device="cuda"),
+    )
+    y, saved = linear_forward(x, w, bias.bfloat16(), config)
+    y_ref, saved_ref = reference_forward(x, w, bias.bfloat16(), config)
+    _assert_same_fp4(saved.xq, saved_ref.xq)
+    _assert_same_fp4(saved.wq, saved_ref.wq)
+    assert ((y.float() - y_ref.float()).norm() / y_ref.float().norm()).item() < 4e-3
+
+
+def test_kernel_linear_backward_is_unbiased():
+    """Mean over backward calls of the kernel dgrad/wgrad equals the exact gradient of the
+    quantized forward: ``g deq(Wq)`` and ``g^T deq(xq)``."""
+    from quartet_compile.kernels.linear import linear_backward
+    from quartet_compile.kernels.quantize import quantize
+
+    xq = quantize(torch.randn(256, 128, device="cuda"), four_over_six=True).fp4
+    wq = quantize(torch.randn(128, 128, device="cuda"), four_over_six=True).fp4
+    g = torch.randn(256, 128, device="cuda")
+    dxs, dws = [], []
+    for _ in range(200):
+        dx, dw = linear_backward(g, Saved(xq=xq, wq=wq), dtypes=(torch.float32,) * 2, needs=(True, True), source=None)
+        dxs.append(dx)
+        dws.append(dw)
+    assert mean_squared_z(torch.stack(dxs), g.double() @ wq.dequantize(torch.float64)) < UNBIASED_BOUND
+    assert mean_squared_z(torch.stack(dws), g.double().T @ xq.dequantize(torch.float64)) < UNBIASED_BOUND
+
+
+def test_kernel_backward_is_reproducible_under_manual_seed_and_graph_capture():
+    from quartet_compile.kernels.linear import linear_backward
+    from quartet_compile.kernels.quantize import quantize
+
+    saved = Saved(
+        xq=quantize(torch.randn(256, 128, device="cuda")).fp4, wq=quantize(torch.randn(128, 128, device="cuda")).fp4
+    )
+    g = torch.randn(256, 128, device="cuda")
+
+    def step():
+        return linear_backward(g, saved, dtypes=(torch.bfloat16,) * 2, needs=(True, True), source=None)
+
+    torch.manual_seed(1)
+    first = step()
+    torch.manual_seed(1)
+    again = step()
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    step()  # warm up (Triton compiles outside the capture)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    one = [t.clone() for t in captured]
+    graph.replay()
+    assert all(torch.isfinite(t).all() for t in one)
+    assert not torch.equal(one[0], captured[0])  # each replay draws new signs and seeds
