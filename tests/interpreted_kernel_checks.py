@@ -8,15 +8,22 @@ import os
 import sys
 
 import torch
+import triton
+import triton.language as tl
 
 from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
+from quartet_compile.kernels.nvfp4_math import e2m1_code, e2m1_round, e4m3_rne, e4m3_sr
 from quartet_compile.kernels.quantize import quantize
 from quartet_compile.reference import (
+    decode_e2m1,
     quantize_four_over_six,
     quantize_ms_eden_rotated,
     quantize_rtn,
     random_signs,
     rht,
+    round_to_e2m1,
+    round_to_e4m3,
+    stochastic_round_to_e4m3,
 )
 
 
@@ -29,6 +36,39 @@ def _same(kernel, ref) -> None:
     assert torch.equal(kernel.tensor_scale, ref.tensor_scale), (kernel.tensor_scale, ref.tensor_scale)
     assert torch.equal(kernel.scales.view(torch.uint8), ref.scales.view(torch.uint8)), "scales differ"
     assert torch.equal(kernel.codes, ref.codes), "codes differ"
+
+
+@triton.jit
+def _rounding_kernel(x_ptr, u_ptr, q_ptr, code_ptr, e4m3_ptr, sr_ptr, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    mask = i < n
+    x = tl.load(x_ptr + i, mask=mask)
+    q = e2m1_round(x)
+    tl.store(q_ptr + i, q, mask=mask)
+    tl.store(code_ptr + i, e2m1_code(q), mask=mask)
+    tl.store(e4m3_ptr + i, e4m3_rne(tl.abs(x)), mask=mask)
+    tl.store(sr_ptr + i, e4m3_sr(tl.abs(x), tl.load(u_ptr + i, mask=mask)), mask=mask)
+
+
+def rounding(generator: torch.Generator) -> None:
+    """Every E2M1 midpoint and grid point, one float32 ulp either side, both signs, zeros,
+    saturation, plus E4M3 subnormal/normal boundaries and random values."""
+    points = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 1e30])
+    e4m3 = torch.tensor([2.0**-10, 2.0**-9, 2.0**-7, 2.0**-6, 0.015625 * 1.0625, 240.0, 447.0, 448.0, 464.0, 1e9])
+    x = torch.cat(
+        [points, e4m3, torch.rand(200, generator=generator) * 8, torch.randn(200, generator=generator) * 1e-2]
+    )
+    x = torch.cat([x, torch.nextafter(x, torch.full_like(x, float("inf"))), torch.nextafter(x, torch.zeros_like(x))])
+    x = torch.cat([x, -x])
+    n = x.numel()
+    uniforms = torch.rand(n, generator=generator)
+    q, code, e4, sr = torch.empty(n), torch.empty(n, dtype=torch.int32), torch.empty(n), torch.empty(n)
+    _rounding_kernel[(1,)](x, uniforms, q, code, e4, sr, n, BLOCK=triton.next_power_of_2(n))
+    expected = round_to_e2m1(x)
+    assert torch.equal(code.to(torch.uint8), expected), x[code.to(torch.uint8) != expected]
+    assert torch.equal(q, decode_e2m1(expected))
+    assert torch.equal(e4, round_to_e4m3(x.abs()))
+    assert torch.equal(sr, stochastic_round_to_e4m3(x.abs(), uniforms))
 
 
 def forward_quantize(generator: torch.Generator) -> None:

@@ -20,7 +20,7 @@ from quartet_compile.kernels import blackwell, gemm, ms_eden, quantize  # noqa: 
 CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
 
 
-@pytest.mark.parametrize("check", ["forward_quantize", "ms_eden_stage"])
+@pytest.mark.parametrize("check", ["rounding", "forward_quantize", "ms_eden_stage"])
 def test_kernel_matches_reference_in_triton_interpreter(check):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, str(CHECKS), check], env=env, capture_output=True, text=True, timeout=900)

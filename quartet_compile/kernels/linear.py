@@ -21,18 +21,9 @@ from ..reference.linear import Saved
 from ..reference.nvfp4 import NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP
 from ..reference.randomness import RandomSource, as_generator, random_signs
-from .gemm import cublas_gemm, dequant_gemm
+from .gemm import cublas_gemm
 from .ms_eden import ms_eden, rotation_matrix
 from .quantize import Quantized, quantize
-
-DEQUANT_GEMM_MAX_ROWS = 0
-"""Products with ``M * N`` up to this many outputs use the in-kernel-dequantizing Triton GEMM,
-larger ones the bf16 operands + cuBLAS route (measured in ``bench/kernels.py``)."""
-
-
-def uses_cublas(m: int, n: int, k: int) -> bool:
-    """Route of the product ``[m, k] x [n, k]^T`` (see :data:`DEQUANT_GEMM_MAX_ROWS`)."""
-    return k % 128 != 0 or m * n > DEQUANT_GEMM_MAX_ROWS
 
 
 def supports(config: QuartetConfig) -> tuple[bool, bool]:
@@ -43,18 +34,17 @@ def supports(config: QuartetConfig) -> tuple[bool, bool]:
 
 
 def gemm(a: Quantized, b: Quantized, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
-    """``deq(a) deq(b)^T`` by whichever route the quantizers were asked to prepare."""
-    if a.unscaled_bf16 is not None:
-        return cublas_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
-    return dequant_gemm(a.fp4, b.fp4, out_dtype, bias)
+    """``deq(a) deq(b)^T`` through the cuBLAS route, the faster of the two Hopper GEMMs at every
+    benchmarked shape (``bench/results/kernels.md``: 70-100% of cuBLAS bf16 against about 20%
+    for the in-kernel-dequantizing Triton GEMM)."""
+    return cublas_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, config: QuartetConfig) -> tuple[Tensor, Saved]:
     """``x [T, K] @ weight [N, K]^T + bias``: quantize both (RTN or 4/6), one NVFP4 GEMM."""
     four_over_six = config.forward_quant is ForwardQuant.FOUR_OVER_SIX
-    cublas = uses_cublas(x.shape[0], weight.shape[0], x.shape[1])
-    xq = quantize(x, four_over_six=four_over_six, unscaled_bf16=cublas)
-    wq = quantize(weight, four_over_six=four_over_six, unscaled_bf16=cublas)
+    xq = quantize(x, four_over_six=four_over_six, unscaled_bf16=True)
+    wq = quantize(weight, four_over_six=four_over_six, unscaled_bf16=True)
     return gemm(xq, wq, x.dtype, bias), Saved(xq=xq.fp4, wq=wq.fp4)
 
 
@@ -62,13 +52,8 @@ def _ms_eden_gemm(
     a: Tensor | NVFP4Tensor, a_transpose: bool, b: NVFP4Tensor, rotation: Tensor, seeds: Tensor, out_dtype: torch.dtype
 ) -> Tensor:
     """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction."""
-    m = a.shape[1] if a_transpose else a.shape[0]
-    n = b.shape[1]
-    k = a.shape[0] if a_transpose else a.shape[1]
-    cublas = uses_cublas(m, n, k)
-    kinds = {"codes": not cublas, "unscaled_bf16": cublas}
-    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, **kinds)
-    bq = ms_eden(b, rotation, seeds[1], transpose=True, **kinds)
+    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, codes=False, unscaled_bf16=True)
+    bq = ms_eden(b, rotation, seeds[1], transpose=True, codes=False, unscaled_bf16=True)
     return gemm(aq, bq, out_dtype)
 
 

@@ -31,6 +31,7 @@ from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
 from .nvfp4_math import (
     e2m1_code,
+    e2m1_round,
     e2m1_value,
     e4m3_bits,
     e4m3_rne,
@@ -173,11 +174,11 @@ def _ms_eden_kernel(
     s_b = e4m3_rne(tl.math.div_rn(tl.math.div_rn(tl.max(tl.abs(xb), axis=2), value_max), s_t))
     s_b = tl.where(s_b == 0.0, 1.0, s_b)
     u = tl.math.div_rn(xb, (s_b * s_t)[:, :, None])
-    code = e2m1_code(u)
-    q = e2m1_value(code)
-    ug = tl.reshape(u, (BLOCK_R, 1, 128))
-    numerator = tl.reshape(tree_sum128(ug * ug), (BLOCK_R,))
-    denominator = tl.reshape(tree_sum128(ug * tl.reshape(q, (BLOCK_R, 1, 128))), (BLOCK_R,))
+    q = e2m1_round(u)
+    code = e2m1_code(q)
+    ug = tl.reshape(u, (BLOCK_R, 128))
+    numerator = tree_sum128(ug * ug)
+    denominator = tree_sum128(ug * tl.reshape(q, (BLOCK_R, 128)))
     correction = tl.where(
         denominator == 0.0, 1.0, tl.math.div_rn(numerator, tl.where(denominator == 0.0, 1.0, denominator))
     )

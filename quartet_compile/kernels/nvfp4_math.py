@@ -71,19 +71,26 @@ def e4m3_value(bits):
 
 
 @triton.jit
-def e2m1_code(u):
-    """Round-to-nearest-even E2M1 code (0..15) of float32 ``u``, saturating at 6; the sign bit
-    follows the float's sign bit, as in ``reference.formats.round_to_e2m1``."""
-    m = tl.abs(u)
-    code = (m > 0.25).to(tl.int32)
-    code += (m >= 0.75).to(tl.int32)
-    code += (m > 1.25).to(tl.int32)
-    code += (m >= 1.75).to(tl.int32)
-    code += (m > 2.5).to(tl.int32)
-    code += (m >= 3.5).to(tl.int32)
-    code += (m > 5.0).to(tl.int32)
-    sign = (u.to(tl.int32, bitcast=True) >> 31) & 1
-    return code | (sign << 3)
+def e2m1_round(u):
+    """Round-to-nearest-even onto the E2M1 grid, saturating at 6, as a float32 carrying the
+    sign bit of ``u`` (``reference.formats.round_to_e2m1`` decoded). On [1, 6] the grid is
+    the floats with one mantissa bit, so an integer round-to-nearest-even of the bit pattern
+    does it; below 1 the grid is {0, 0.5, 1} with ties 0.25 -> 0 and 0.75 -> 1."""
+    m = tl.minimum(tl.abs(u), 6.0)
+    b = m.to(tl.int32, bitcast=True)
+    normal = ((b + 0x1FFFFF + ((b >> 22) & 1)) & -0x400000).to(tl.float32, bitcast=True)
+    small = tl.where(m > 0.25, 0.5, 0.0) + tl.where(m >= 0.75, 0.5, 0.0)
+    q = tl.where(m < 1.0, small, normal).to(tl.int32, bitcast=True)
+    return (q | (u.to(tl.int32, bitcast=True) & -0x80000000)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e2m1_code(q):
+    """Code (0..15) of a float32 that is an E2M1 value (an output of :func:`e2m1_round`)."""
+    b = q.to(tl.int32, bitcast=True)
+    magnitude = (b & 0x7FFFFFFF).to(tl.float32, bitcast=True)
+    code = tl.where(magnitude >= 1.0, ((b & 0x7FFFFFFF) >> 22) - 252, (magnitude * 2.0).to(tl.int32))
+    return code | ((b >> 28) & 8)
 
 
 @triton.jit
@@ -99,23 +106,23 @@ def e2m1_value(code):
 
 @triton.jit
 def pair_sum(t):
-    """Sum adjacent pairs along the last axis of a 3-D tensor: one level of the
-    reference's pairwise ``tree_sum``."""
-    lo, hi = tl.split(tl.reshape(t, (t.shape[0], t.shape[1], t.shape[2] // 2, 2)))
+    """``[A, 2n] -> [A, n]``: sums of adjacent pairs, one level of the reference's pairwise
+    ``tree_sum``. Kept 2-D: on 3-D/4-D views Triton shuffles the pairs through shared memory."""
+    lo, hi = tl.split(tl.reshape(t, (t.shape[0], t.shape[1] // 2, 2)))
     return lo + hi
 
 
 @triton.jit
 def tree_sum16(t):
-    """``[A, B, 16] -> [A, B]``: the pairwise tree sum of ``reference.quantizers.tree_sum``."""
-    return tl.reshape(pair_sum(pair_sum(pair_sum(pair_sum(t)))), (t.shape[0], t.shape[1]))
+    """``[A, 16 n] -> [A, n]``: the pairwise tree sum of each run of 16 (``reference.tree_sum``)."""
+    return pair_sum(pair_sum(pair_sum(pair_sum(t))))
 
 
 @triton.jit
 def tree_sum128(t):
-    """``[A, B, 128] -> [A, B]``: the same pairwise tree over 128 elements (an EDEN group)."""
-    s = pair_sum(pair_sum(pair_sum(t)))
-    return tl.reshape(pair_sum(pair_sum(pair_sum(pair_sum(s)))), (t.shape[0], t.shape[1]))
+    """``[A, 128] -> [A]``: the same pairwise tree over one EDEN group."""
+    s = pair_sum(pair_sum(pair_sum(pair_sum(t))))
+    return tl.reshape(pair_sum(pair_sum(pair_sum(s))), (t.shape[0],))
 
 
 @triton.jit

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..reference.formats import E2M1_MAX, E4M3_MAX
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE_MAX
-from .nvfp4_math import e2m1_code, e2m1_value, e4m3_bits, e4m3_rne, pack_codes, tensor_scale, tree_sum16
+from .nvfp4_math import e2m1_code, e2m1_round, e4m3_bits, e4m3_rne, pack_codes, tensor_scale, tree_sum16
 
 EXACT = {"enable_fp_fusion": False}
 """Launch options of every kernel that must reproduce the reference's float32 rounding."""
@@ -86,17 +86,18 @@ def _quantize_kernel(
     s_b = e4m3_rne(tl.math.div_rn(target, s_t))
     s_b = tl.where(s_b == 0.0, 1.0, s_b)
     u = tl.math.div_rn(xb, (s_b * s_t)[:, :, None])
-    code = e2m1_code(u)
+    q = e2m1_round(u)
     if FOUR_OVER_SIX:
         s_alt = e4m3_rne(tl.math.div_rn(target * 1.5, s_t))
         s_alt = tl.where(s_alt == 0.0, 1.0, s_alt)
         u_alt = tl.math.div_rn(xb, (s_alt * s_t)[:, :, None])
-        code_alt = e2m1_code(u_alt)
-        d = (u - e2m1_value(code)) * s_b[:, :, None]
-        d_alt = (u_alt - e2m1_value(code_alt)) * s_alt[:, :, None]
+        q_alt = e2m1_round(u_alt)
+        d = tl.reshape((u - q) * s_b[:, :, None], (BLOCK_R, BLOCK_C))
+        d_alt = tl.reshape((u_alt - q_alt) * s_alt[:, :, None], (BLOCK_R, BLOCK_C))
         pick_alt = tree_sum16(d_alt * d_alt) < tree_sum16(d * d)
         s_b = tl.where(pick_alt, s_alt, s_b)
-        code = tl.where(pick_alt[:, :, None], code_alt, code)
+        q = tl.where(pick_alt[:, :, None], q_alt, q)
+    code = e2m1_code(q)
 
     if STORE_CODES:
         half = pid_c * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
@@ -113,7 +114,7 @@ def _quantize_kernel(
             mask=row_ok[:, None] & (blocks < cols // 16)[None, :],
         )
     if STORE_DEQ:
-        deq = tl.reshape(e2m1_value(code) * s_b[:, :, None], (BLOCK_R, BLOCK_C))
+        deq = tl.reshape(q * s_b[:, :, None], (BLOCK_R, BLOCK_C))
         tl.store(deq_ptr + r64[:, None] * cols + c[None, :], deq.to(tl.bfloat16), mask=mask)
 
 
