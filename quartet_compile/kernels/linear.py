@@ -1,5 +1,5 @@
-"""The quantized linear layer on CUDA from the Triton kernels, registered as the CUDA
-implementation of ``quartet::linear`` and ``quartet::linear_backward``.
+"""The quantized linear layer on CUDA from the Triton kernels: what ``quartet::linear`` and
+``quartet::linear_backward`` run on a CUDA tensor (``quartet_compile.ops`` dispatches here).
 
 Covered: RTN or 4/6 forward (``quartet2``, ``quartet2-no46``, ``fp4-forward``) and the MS-EDEN
 backward (``quartet2``, ``quartet2-no46``). Other recipe parts (the ``nvidia`` recipe's
