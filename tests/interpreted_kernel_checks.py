@@ -10,6 +10,7 @@ import sys
 import torch
 import triton
 import triton.language as tl
+from fp4_asserts import assert_same_fp4
 
 from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
 from quartet_compile.kernels.nvfp4_math import e2m1_code, e2m1_round, e4m3_rne, e4m3_sr
@@ -30,12 +31,6 @@ from quartet_compile.reference import (
 def _inputs(rows: int, cols: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     spread = torch.logspace(-4, 4, cols)[torch.randperm(cols, generator=generator)]
     return (torch.randn(rows, cols, generator=generator) * spread).to(dtype)
-
-
-def _same(kernel, ref) -> None:
-    assert torch.equal(kernel.tensor_scale, ref.tensor_scale), (kernel.tensor_scale, ref.tensor_scale)
-    assert torch.equal(kernel.scales.view(torch.uint8), ref.scales.view(torch.uint8)), "scales differ"
-    assert torch.equal(kernel.codes, ref.codes), "codes differ"
 
 
 @triton.jit
@@ -78,10 +73,10 @@ def forward_quantize(generator: torch.Generator) -> None:
                 x = _inputs(rows, cols, dtype, generator)
                 k = quantize(x, four_over_six=four_over_six, unscaled_bf16=True)
                 ref = (quantize_four_over_six if four_over_six else quantize_rtn)(x)
-                _same(k.fp4, ref)
+                assert_same_fp4(k.fp4, ref)
                 assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
     x = _inputs(48, 64, torch.float32, generator).T
-    _same(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))
+    assert_same_fp4(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))
     zero = quantize(torch.zeros(16, 32)).fp4
     assert zero.tensor_scale.item() == 1.0 and not zero.dequantize().any()
     bad = _inputs(16, 32, torch.float32, generator)
@@ -106,7 +101,7 @@ def ms_eden_stage(generator: torch.Generator) -> None:
         ref_rotated = rht(exact, signs)
         assert (debug["rotated"] - ref_rotated).norm() <= 1e-6 * ref_rotated.norm()
         ref = quantize_ms_eden_rotated(debug["rotated"], uniforms=debug["uniforms"])
-        _same(k.fp4, ref)
+        assert_same_fp4(k.fp4, ref)
         assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
     again: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed, debug=again)

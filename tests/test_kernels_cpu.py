@@ -96,6 +96,7 @@ def test_quantize_kernel_ptx_has_exact_division_and_no_fma(four_over_six):
         "tensor_scale_ptr": "*fp32",
         "value_max": "fp32",
         "value_max_times_scale_max": "fp32",
+        "alt_factor": "fp32",
     }
     constexprs = {"FOUR_OVER_SIX": four_over_six, "STORE_CODES": True, "STORE_DEQ": True, "BLOCK_R": 32, "BLOCK_C": 128}
     ptx = _compile(quantize._quantize_kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]

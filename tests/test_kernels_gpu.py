@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from quartet_compile.reference import (
-    NVFP4Tensor,
     nvfp4_matmul,
     quantize_four_over_six,
     quantize_ms_eden_rotated,
@@ -17,6 +16,7 @@ from quartet_compile.reference import (
 from quartet_compile.reference.linear import Saved
 from quartet_compile.reference.linear import linear_forward as reference_forward
 
+from .fp4_asserts import assert_same_fp4
 from .stats import UNBIASED_BOUND, mean_squared_z
 
 pytestmark = pytest.mark.gpu
@@ -38,12 +38,6 @@ def _fresh(rows: int, cols: int, dtype: torch.dtype, spread: float = 3.0) -> tor
     return x[:, torch.randperm(cols, device="cuda")].to(dtype)
 
 
-def _assert_same_fp4(kernel: NVFP4Tensor, ref: NVFP4Tensor) -> None:
-    assert torch.equal(kernel.tensor_scale, ref.tensor_scale)
-    assert torch.equal(kernel.scales.view(torch.uint8), ref.scales.view(torch.uint8))
-    assert torch.equal(kernel.codes, ref.codes)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("four_over_six", [False, True])
 @pytest.mark.parametrize("shape", [(1, 16), (77, 48), (256, 4096), (1000, 2064)])
@@ -53,7 +47,7 @@ def test_forward_quantize_is_bit_identical(dtype, four_over_six, shape):
     x = _fresh(*shape, dtype)
     k = quantize(x, four_over_six=four_over_six, unscaled_bf16=True)
     ref = (quantize_four_over_six if four_over_six else quantize_rtn)(x)
-    _assert_same_fp4(k.fp4, ref)
+    assert_same_fp4(k.fp4, ref)
     assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
 
 
@@ -62,7 +56,7 @@ def test_forward_quantize_reads_strided_input_and_extreme_magnitudes():
 
     for scale in (1e-30, 1.0, 1e30):
         x = (_fresh(512, 256, torch.float32) * scale).T  # non-contiguous [256, 512]
-        _assert_same_fp4(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))
+        assert_same_fp4(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))
 
 
 def test_forward_quantize_zero_and_non_finite():
@@ -104,7 +98,7 @@ def test_ms_eden_quantization_stage_is_bit_identical(source):
     ref_rotated = rht(exact, signs)
     assert (debug["rotated"] - ref_rotated).norm() / ref_rotated.norm() < 1e-6
     ref = quantize_ms_eden_rotated(debug["rotated"], uniforms=debug["uniforms"])
-    _assert_same_fp4(k.fp4, ref)
+    assert_same_fp4(k.fp4, ref)
     assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
     u = debug["uniforms"]
     assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean().item() - 0.5) < 0.01
@@ -155,8 +149,8 @@ def test_gemm_equals_float64_product(m, n, k, route):
     expected = exact + bias
     assert torch.isfinite(out).all()
     assert ((out - expected).norm() / expected.norm()).item() < 1e-5
-    out_bf16 = dequant_gemm(a.fp4, b.fp4, torch.bfloat16) if route == "triton" else None
-    if out_bf16 is not None:
+    if route == "triton":
+        out_bf16 = dequant_gemm(a.fp4, b.fp4, torch.bfloat16)
         assert ((out_bf16.float() - exact).norm() / exact.norm()).item() < 4e-3
 
 
@@ -172,8 +166,8 @@ def test_kernel_linear_forward_matches_reference():
     )
     y, saved = linear_forward(x, w, bias.bfloat16(), config)
     y_ref, saved_ref = reference_forward(x, w, bias.bfloat16(), config)
-    _assert_same_fp4(saved.xq, saved_ref.xq)
-    _assert_same_fp4(saved.wq, saved_ref.wq)
+    assert_same_fp4(saved.xq, saved_ref.xq)
+    assert_same_fp4(saved.wq, saved_ref.wq)
     assert ((y.float() - y_ref.float()).norm() / y_ref.float().norm()).item() < 4e-3
 
 

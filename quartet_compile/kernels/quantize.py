@@ -62,6 +62,7 @@ def _quantize_kernel(
     tensor_scale_ptr,
     value_max,
     value_max_times_scale_max,
+    alt_factor,
     FOUR_OVER_SIX: tl.constexpr,
     STORE_CODES: tl.constexpr,
     STORE_DEQ: tl.constexpr,
@@ -88,7 +89,7 @@ def _quantize_kernel(
     u = tl.math.div_rn(xb, (s_b * s_t)[:, :, None])
     q = e2m1_round(u)
     if FOUR_OVER_SIX:
-        s_alt = e4m3_rne(tl.math.div_rn(target * 1.5, s_t))
+        s_alt = e4m3_rne(tl.math.div_rn(target * alt_factor, s_t))
         s_alt = tl.where(s_alt == 0.0, 1.0, s_alt)
         u_alt = tl.math.div_rn(xb, (s_alt * s_t)[:, :, None])
         q_alt = e2m1_round(u_alt)
@@ -148,7 +149,6 @@ def quantize(
     _check_last_dim(x, BLOCK)
     rows, cols = x.shape
     scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
-    assert FOUR_OVER_SIX_ALT_FACTOR == 1.5, "the kernel hard-codes the 4/6 alternative factor"
     out_codes = x.new_empty(rows, cols // 2, dtype=torch.uint8) if codes else None
     out_scales = x.new_empty(rows, cols // BLOCK, dtype=torch.uint8) if codes else None
     deq = x.new_empty(rows, cols, dtype=torch.bfloat16) if unscaled_bf16 else None
@@ -169,6 +169,7 @@ def quantize(
             s_t,
             E2M1_MAX,
             E2M1_MAX * scale_max,
+            FOUR_OVER_SIX_ALT_FACTOR,
             FOUR_OVER_SIX=four_over_six,
             STORE_CODES=codes,
             STORE_DEQ=unscaled_bf16,
