@@ -20,6 +20,22 @@ class LlamaConfig:
     max_seq_len: int = 1024
     rope_theta: float = 10000.0
 
+    def num_parameters(self) -> int:
+        """Parameters of :class:`Llama` built from this config (embedding and head included)."""
+        per_layer = 4 * self.dim * self.dim + 3 * self.dim * self.ffn_dim + 2 * self.dim
+        return self.n_layers * per_layer + 2 * self.vocab_size * self.dim + self.dim
+
+
+PRESETS: dict[str, LlamaConfig] = {
+    "tiny": LlamaConfig(),
+    "30m": LlamaConfig(dim=512, n_layers=8, n_heads=8, ffn_dim=1536, max_seq_len=2048),
+    "125m": LlamaConfig(dim=768, n_layers=12, n_heads=12, ffn_dim=3328, max_seq_len=2048),
+    "350m": LlamaConfig(dim=1024, n_layers=24, n_heads=16, ffn_dim=3328, max_seq_len=2048),
+    "1b": LlamaConfig(dim=2048, n_layers=16, n_heads=32, ffn_dim=8192, max_seq_len=2048),
+}
+"""The built-in byte-level family. Every width is a multiple of 128, so no matmul needs padding;
+``1b`` has the projection shapes of Llama-3.2-1B (K, N in {2048, 8192})."""
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):

@@ -1,0 +1,78 @@
+"""End-to-end accuracy of the recipes against BF16 (issue 5, GPU).
+
+Trains each built-in model once per recipe with identical initial weights, data order and
+backward seed, on the Python standard library's sources (byte-level), and reports validation
+bits per byte and the gap to BF16. The token budget per run is ``steps x batch x seq_len``,
+printed and recorded. Results are written after every run, so a run cut short keeps what it had.
+
+    python bench/accuracy.py --models 30m --steps 600 --out bench/results
+
+Expected ordering (Quartet II and 4/6 papers): bf16 < quartet2 < quartet2-no46, quartet2 < nvidia.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from quartet_compile.bench import report
+from quartet_compile.bench.cli import add_training_arguments, settings_from, spec_from
+from quartet_compile.data import ByteCorpus
+from quartet_compile.training import RunResult, parse_variants, train
+
+RECIPES = ["inductor", "quartet2", "quartet2-no46", "fp4-forward", "nvidia"]
+EXPECTED = [("inductor", "quartet2"), ("quartet2", "quartet2-no46"), ("quartet2", "nvidia")]
+"""Pairs (better, worse) in validation bpb that the papers lead us to expect."""
+
+
+def orderings(results: list[RunResult]) -> list[str]:
+    bpb = {r.variant: r.final_val_bpb for r in results if r.val_bpb}
+    lines = []
+    for better, worse in EXPECTED:
+        if better in bpb and worse in bpb:
+            holds = bpb[better] < bpb[worse]
+            lines.append(f"{better} < {worse}: {'holds' if holds else 'does NOT hold'} "
+                         f"({bpb[better]:.4f} vs {bpb[worse]:.4f})")  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(
+        parser,
+        {
+            "model": "30m",
+            "batch": 16,
+            "seq_len": 512,
+            "steps": 600,
+            "eval_every": 100,
+            "lr": 1.5e-3,
+            "name": "accuracy",
+        },  # fmt: skip
+    )
+    parser.add_argument("--models", default="30m,125m")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    corpus = ByteCorpus.load(args.data)
+    for model in args.models.split(","):
+        args.model = model
+        spec, settings = spec_from(args), settings_from(args)
+        tokens = settings.steps * settings.batch * settings.seq_len
+        print(f"{model}: {tokens / 1e6:.1f}M training tokens per recipe", flush=True)
+        meta = {**report.environment(device), "model": model, "settings": vars(settings), "tokens_per_run": tokens}
+        results: list[RunResult] = []
+        for variant in parse_variants(args.recipes):
+            results.append(train(variant, spec, corpus, settings, device, {"inner_backend": args.inner_backend}))
+            print(f"  {variant.name}: val bpb {results[-1].final_val_bpb:.4f}", flush=True)
+            meta["notes"] = orderings(results)
+            if args.out:
+                report.write(results, Path(args.out), f"{args.name}-{model}", meta)
+        print(report.text_table(*report.summary_rows(results)))
+        print("\n".join(meta["notes"]))
+
+
+if __name__ == "__main__":
+    main()

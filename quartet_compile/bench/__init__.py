@@ -1,0 +1,1 @@
+"""A/B benchmarking of compiled training steps (``quartet-bench``); see :mod:`.cli`."""

@@ -1,0 +1,419 @@
+"""One training loop for every A/B comparison: the demo, ``quartet-bench``, the accuracy and
+speed studies and the distributed runs all call :func:`train`.
+
+Fairness is the point: every variant starts from the same initial weights (same seed), reads the
+same batches in the same order (a data generator of its own), and draws its backward randomness
+from a default generator reseeded to the same state. Only the compiled step differs.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import QuartetConfig, Recipe
+from .data import ByteCorpus, bits_per_byte
+from .distributed import backward_seed, world
+from .dynamo_backend import QuartetBackend
+from .models import PRESETS, Llama
+
+
+class Kind(str, enum.Enum):
+    EAGER = "eager"
+    INDUCTOR = "inductor"
+    QUARTET = "quartet"
+    TENSORRT = "tensorrt"
+    FOUROVERSIX = "fouroversix"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of a comparison: how the model is compiled and, for ``quartet``, which recipe."""
+
+    name: str
+    kind: Kind
+    recipe: Recipe | None = None
+
+    @property
+    def trains(self) -> bool:
+        """TensorRT compiles inference graphs only: that variant times the forward alone."""
+        return self.kind is not Kind.TENSORRT
+
+
+BASELINE = "inductor"
+VARIANTS: dict[str, Variant] = {
+    "eager": Variant("eager", Kind.EAGER),
+    "inductor": Variant("inductor", Kind.INDUCTOR),
+    **{r.value: Variant(r.value, Kind.QUARTET, r) for r in Recipe if r is not Recipe.BF16},
+    "quartet-bf16": Variant("quartet-bf16", Kind.QUARTET, Recipe.BF16),
+    "tensorrt": Variant("tensorrt", Kind.TENSORRT),
+    "fouroversix": Variant("fouroversix", Kind.FOUROVERSIX),
+}
+"""Names accepted by ``--variants``. ``quartet-bf16`` runs the backend with nothing quantized: the
+cost of the graph rewrite alone. ``fouroversix`` is the peer package's own linear module."""
+
+
+def parse_variants(names: str | list[str]) -> list[Variant]:
+    names = names.split(",") if isinstance(names, str) else names
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    return [VARIANTS[n] for n in names]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in preset (``tiny``, ``30m``, ``125m``, ``350m``, ``1b``) or a ``transformers``
+    config: a ``model_type`` name (``llama``, ``gpt2``...) or a path to a ``config.json``."""
+
+    preset: str = "tiny"
+    hf_config: str | None = None
+    hf_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def build(self) -> nn.Module:
+        if self.hf_config is None:
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown model preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+            return CausalLMLoss(Llama(PRESETS[self.preset]))
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        overrides = dict(self.hf_overrides)
+        if self.hf_config.endswith(".json"):
+            config = AutoConfig.from_pretrained(self.hf_config, **overrides)
+        else:
+            config = AutoConfig.for_model(self.hf_config, **overrides)
+        if config.vocab_size < 256:
+            raise ValueError(f"{self.hf_config}: vocab_size {config.vocab_size} < 256 cannot hold byte tokens")
+        return CausalLMLoss(AutoModelForCausalLM.from_config(config))
+
+    @property
+    def label(self) -> str:
+        return self.preset if self.hf_config is None else f"hf:{self.hf_config}"
+
+
+class CausalLMLoss(nn.Module):
+    """``tokens [B, S+1] -> mean next-byte cross-entropy`` (fp32), so the compiled graph holds the
+    whole forward including the loss, for built-in and ``transformers`` models alike."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        out = self.model(tokens[:, :-1])
+        logits = out if isinstance(out, Tensor) else out.logits
+        return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The repeated transformer blocks (what FSDP2 shards and per-block compile compiles)."""
+        for name in ("layers", "h"):
+            for module in self.model.modules():
+                if isinstance(getattr(module, name, None), nn.ModuleList):
+                    return list(getattr(module, name))
+        return []
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    batch: int = 8
+    seq_len: int = 256
+    steps: int = 100
+    warmup_steps: int = 3
+    """Steps left out of the timing (compilation and allocator warm-up happen in them)."""
+    lr: float = 3e-3
+    eval_every: int = 25
+    eval_batches: int = 8
+    seed: int = 0
+    """Initial weights and data order."""
+    backward_seed: int | None = None
+    """Backward randomness (``None``: ``seed + 1``); change it alone to measure run-to-run noise."""
+    autocast_bf16: bool = True
+    parallel: str = "none"
+    """``none``, ``ddp`` or ``fsdp2`` (launched under ``torchrun``)."""
+    compile_per_block: bool = False
+    """FSDP2: compile each block separately (torchtitan's layout) instead of the whole model."""
+
+
+@dataclass
+class RunResult:
+    variant: str
+    model: str
+    parameters: int
+    losses: list[float] = field(default_factory=list)
+    val_bpb: list[tuple[int, float]] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    compile_s: float = 0.0
+    peak_memory_bytes: int | None = None
+    graphs: int = 0
+    graph_breaks: int = 0
+    recompiles: int = 0
+    tokens_per_step: int = 0
+    error: str | None = None
+
+    @property
+    def median_step_ms(self) -> float:
+        return statistics.median(self.step_ms) if self.step_ms else math.nan
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / (self.median_step_ms / 1e3) if self.step_ms else math.nan
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-10:]
+        return sum(tail) / len(tail) if tail else math.nan
+
+    @property
+    def final_val_bpb(self) -> float:
+        return self.val_bpb[-1][1] if self.val_bpb else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            median_step_ms=self.median_step_ms,
+            tokens_per_s=self.tokens_per_s,
+            final_loss=self.final_loss,
+            final_val_bpb=self.final_val_bpb,
+        )
+        return out
+
+
+class _CountingBackend:
+    """Counts the graphs a backend compiles: more graphs after the first step are recompiles."""
+
+    def __init__(self, inner: Callable):
+        self.inner = inner
+        self.graphs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list, **kwargs: Any) -> Callable:
+        self.graphs += 1
+        return self.inner(gm, example_inputs, **kwargs)
+
+
+def _backend_for(variant: Variant, quartet_options: dict[str, Any]) -> _CountingBackend | None:
+    if variant.kind is Kind.EAGER:
+        return None
+    if variant.kind is Kind.QUARTET:
+        return _CountingBackend(QuartetBackend(QuartetConfig(recipe=variant.recipe, **quartet_options)))
+    if variant.kind is Kind.TENSORRT:
+        import torch_tensorrt  # noqa: F401  (registers the backend)
+
+        return _CountingBackend(torch._dynamo.lookup_backend("torch_tensorrt"))
+    return _CountingBackend(torch._dynamo.lookup_backend("inductor"))
+
+
+def _swap_in_fouroversix(model: nn.Module) -> None:
+    """The peer's own path: replace ``nn.Linear`` modules by its training linear (``lm_head`` kept)."""
+    from fouroversix import ModelQuantizationConfig, quantize_model
+
+    config = ModelQuantizationConfig(
+        keep_master_weights=True, weight_scale_2d=True, modules_to_not_convert=["model.lm_head", "lm_head"]
+    )
+    quantize_model(model, config)
+
+
+class _Timer:
+    """Per-step wall time: CUDA events on GPU (no host sync inside the step), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def elapsed_ms(self, start: Any) -> float:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        return (time.perf_counter() - start) * 1e3
+
+
+def _wrap_parallel(model: CausalLMLoss, settings: TrainSettings, device: torch.device) -> nn.Module:
+    if settings.parallel == "none":
+        return model
+    if settings.parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The only buffers are the rotary tables, equal on every rank: broadcasting them each step
+        # would cost a collective and a graph break for nothing.
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    if settings.parallel == "fsdp2":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        kwargs = {"mp_policy": policy} if settings.autocast_bf16 else {}
+        for block in model.blocks:
+            fully_shard(block, **kwargs)
+        return fully_shard(model, **kwargs)
+    raise ValueError(f"parallel must be none, ddp or fsdp2, got {settings.parallel!r}")
+
+
+def _compile(model: nn.Module, backend: _CountingBackend | None, settings: TrainSettings) -> nn.Module:
+    if backend is None:
+        return model
+    if settings.compile_per_block:
+        inner = model.module if hasattr(model, "module") else model
+        for block in inner.blocks:
+            block.compile(backend=backend)
+        return model
+    return torch.compile(model, backend=backend)
+
+
+def _local_rows(tokens: Tensor) -> Tensor:
+    """This rank's share of the global batch: every rank draws the same global batch (same
+    generator) and keeps rows ``rank::world``, so one GPU and N GPUs see the same data."""
+    rank, size = world()
+    return tokens[rank::size]
+
+
+def _global_mean(value: Tensor) -> Tensor:
+    size = world()[1]
+    if size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= size
+    return value
+
+
+def evaluate(step_fn: nn.Module, batches: list[Tensor], device: torch.device, settings: TrainSettings) -> float:
+    """Validation bits per byte of the (compiled) model on fixed batches."""
+    total = torch.zeros((), device=device)
+    with torch.no_grad(), _autocast(device, settings):
+        for tokens in batches:
+            total += _global_mean(step_fn(_local_rows(tokens).to(device)).float())
+    return bits_per_byte(float(total) / len(batches))
+
+
+def _autocast(device: torch.device, settings: TrainSettings) -> torch.autocast:
+    enabled = settings.autocast_bf16 and settings.parallel != "fsdp2"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
+    warmup = max(1, settings.steps // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, settings.steps - warmup)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def train(
+    variant: Variant,
+    spec: ModelSpec,
+    corpus: ByteCorpus,
+    settings: TrainSettings,
+    device: torch.device,
+    quartet_options: dict[str, Any] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> RunResult:
+    """Train ``spec`` compiled as ``variant`` and measure it. Errors of optional variants (a
+    missing package, a peer that cannot run here) come back in ``RunResult.error``."""
+    torch._dynamo.reset()
+    torch.manual_seed(settings.seed)
+    model = spec.build().to(device)
+    result = RunResult(variant.name, spec.label, sum(p.numel() for p in model.parameters()))
+    result.tokens_per_step = settings.batch * settings.seq_len
+    try:
+        if variant.kind is Kind.FOUROVERSIX:
+            _swap_in_fouroversix(model)
+        backend = _backend_for(variant, quartet_options or {})
+    except (ImportError, RuntimeError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result
+    model = _wrap_parallel(model, settings, device)
+    step_fn = _compile(model, backend, settings)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    runner = _train_steps if variant.trains else _forward_steps
+    try:
+        runner(step_fn, model, corpus, settings, device, result, backend, progress)
+    except Exception as exc:  # a failing peer or optional backend must not end the comparison
+        if variant.kind in (Kind.QUARTET, Kind.INDUCTOR, Kind.EAGER):
+            raise
+        result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if device.type == "cuda":
+        result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+    result.graph_breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    return result
+
+
+def _train_steps(step_fn, model, corpus, settings, device, result, backend, progress) -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings))
+    data = corpus.batches(settings.batch, settings.seq_len, torch.Generator().manual_seed(settings.seed))
+    val = corpus.validation_batches(settings.batch, settings.seq_len, settings.eval_batches)
+    timer = _Timer(device)
+    # The backward's random stream: the same for every variant.
+    torch.manual_seed(backward_seed(settings.seed + 1 if settings.backward_seed is None else settings.backward_seed))
+    losses: list[Tensor] = []
+    for step in range(settings.steps):
+        tokens = _local_rows(next(data)).to(device, non_blocking=True)
+        graphs_before = backend.graphs if backend else 0
+        wall, start = time.perf_counter(), timer.start()
+        with _autocast(device, settings):
+            loss = step_fn(tokens)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        elapsed = timer.elapsed_ms(start)
+        losses.append(_global_mean(loss.detach().float()))
+        if step == 0:
+            result.compile_s = time.perf_counter() - wall
+        elif backend:
+            result.recompiles += backend.graphs - graphs_before
+        if step >= settings.warmup_steps:
+            result.step_ms.append(elapsed)
+        last = step + 1 == settings.steps
+        if (step + 1) % settings.eval_every == 0 or last:
+            result.val_bpb.append((step + 1, evaluate(step_fn, val, device, settings)))
+        if progress:
+            progress(step, float(losses[-1]))
+    result.losses = [float(x) for x in losses]
+    result.graphs = backend.graphs if backend else 0
+    if result.step_ms:
+        result.compile_s = max(0.0, result.compile_s - result.median_step_ms / 1e3)
+
+
+def _forward_steps(step_fn, model, corpus, settings, device, result, backend, progress) -> None:
+    data = corpus.batches(settings.batch, settings.seq_len, torch.Generator().manual_seed(settings.seed))
+    timer = _Timer(device)
+    with torch.no_grad():
+        for step in range(settings.steps):
+            tokens = _local_rows(next(data)).to(device)
+            wall, start = time.perf_counter(), timer.start()
+            with _autocast(device, settings):
+                loss = step_fn(tokens)
+            elapsed = timer.elapsed_ms(start)
+            result.losses.append(float(loss))
+            if step == 0:
+                result.compile_s = time.perf_counter() - wall
+            if step >= settings.warmup_steps:
+                result.step_ms.append(elapsed)
+            if progress:
+                progress(step, result.losses[-1])
+    result.graphs = backend.graphs if backend else 0

@@ -1,0 +1,169 @@
+"""The A/B machinery: corpus, training loop fairness, result files, the CLI and the demo."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from quartet_compile import demo
+from quartet_compile.bench import cli, report
+from quartet_compile.data import ByteCorpus, bits_per_byte
+from quartet_compile.training import ModelSpec, RunResult, TrainSettings, parse_variants, train
+
+SMALL = TrainSettings(batch=4, seq_len=64, steps=6, warmup_steps=2, eval_every=3, eval_batches=2)
+FAST = {"inner_backend": "aot_eager"}
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    gen = torch.Generator().manual_seed(0)
+    for i in range(40):
+        words = torch.randint(0, 50, (400,), generator=gen).tolist()
+        (root / f"f{i}.py").write_text(" ".join(f"w{w}" for w in words))
+    (root / "skip.bin").write_bytes(b"\x00" * 100)
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_dir):
+    return ByteCorpus.load(corpus_dir)
+
+
+def test_corpus_split_is_by_file_and_stable(corpus_dir, corpus):
+    again = ByteCorpus.load(corpus_dir)
+    assert torch.equal(corpus.train, again.train) and torch.equal(corpus.val, again.val)
+    total = sum(p.stat().st_size for p in corpus_dir.glob("*.py"))
+    assert corpus.train.numel() + corpus.val.numel() == total
+    assert 0 < corpus.val.numel() < corpus.train.numel()
+
+
+def test_single_file_splits_by_position(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(bytes(range(256)) * 40)
+    corpus = ByteCorpus.load(path)
+    assert corpus.val.numel() == 256 * 40 // 20
+    assert torch.equal(
+        torch.cat([corpus.train, corpus.val]), torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    )
+
+
+def test_bad_corpus_paths_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ByteCorpus.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no text files"):
+        ByteCorpus.load(tmp_path)
+
+
+def test_default_corpus_is_the_standard_library():
+    corpus = ByteCorpus.load(max_bytes=1 << 20)
+    assert corpus.train.numel() + corpus.val.numel() == 1 << 20
+    assert b"import" in bytes(corpus.train[:200_000].tolist())
+
+
+def test_batches_replay_with_the_same_generator(corpus):
+    a = corpus.batches(3, 16, torch.Generator().manual_seed(5))
+    b = corpus.batches(3, 16, torch.Generator().manual_seed(5))
+    first, second = next(a), next(b)
+    assert first.shape == (3, 17) and first.dtype == torch.int64
+    assert torch.equal(first, second) and not torch.equal(next(a), first)
+    val = corpus.validation_batches(2, 16, 3)
+    assert all(torch.equal(x, y) for x, y in zip(val, corpus.validation_batches(2, 16, 3), strict=True))
+
+
+def test_bits_per_byte():
+    assert bits_per_byte(math.log(256)) == pytest.approx(8.0)
+
+
+def test_variants_get_the_same_init_and_data(corpus):
+    runs = [
+        train(v, ModelSpec("tiny"), corpus, SMALL, torch.device("cpu"), FAST) for v in parse_variants("eager,eager")
+    ]
+    assert runs[0].losses == runs[1].losses and len(runs[0].losses) == SMALL.steps
+    assert all(math.isfinite(x) for x in runs[0].losses)
+    assert runs[0].losses[-1] < runs[0].losses[0]
+    assert [s for s, _ in runs[0].val_bpb] == [3, 6]
+
+
+def test_quartet_variant_trains_close_to_eager_and_counts_graphs(corpus):
+    eager, quartet = (
+        train(v, ModelSpec("tiny"), corpus, SMALL, torch.device("cpu"), FAST) for v in parse_variants("eager,quartet2")
+    )
+    assert quartet.error is None and quartet.graphs >= 1 and quartet.recompiles == 0 and quartet.graph_breaks == 0
+    assert quartet.losses != eager.losses
+    assert abs(quartet.final_val_bpb - eager.final_val_bpb) < 0.05 * eager.final_val_bpb
+    assert len(quartet.step_ms) == SMALL.steps - SMALL.warmup_steps and quartet.median_step_ms > 0
+
+
+def test_missing_optional_variants_are_reported_not_raised(corpus):
+    if importlib.util.find_spec("torch_tensorrt") is not None:
+        pytest.skip("torch_tensorrt is installed")
+    (trt,) = (train(v, ModelSpec("tiny"), corpus, SMALL, torch.device("cpu")) for v in parse_variants("tensorrt"))
+    assert trt.error is not None and "torch_tensorrt" in trt.error and not trt.step_ms
+    assert "tensorrt" not in cli._default_variants()
+    with pytest.raises(ValueError, match="unknown variant"):
+        parse_variants("inductor,fp3")
+
+
+def test_transformers_model_from_config(corpus):
+    pytest.importorskip("transformers")
+    spec = ModelSpec(hf_config="gpt2", hf_overrides=(("n_layer", 1), ("n_embd", 128), ("n_head", 2)))
+    (run,) = (train(v, spec, corpus, SMALL, torch.device("cpu"), FAST) for v in parse_variants("quartet2"))
+    assert run.error is None and run.graphs >= 1 and all(math.isfinite(x) for x in run.losses)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ModelSpec(hf_config="gpt2", hf_overrides=(("vocab_size", 100),)).build()
+
+
+def _result(name: str, ms: float, bpb: float, memory: int | None = None) -> RunResult:
+    return RunResult(name, "tiny", 10, losses=[3.0, 2.0], val_bpb=[(2, bpb)], step_ms=[ms, ms, 3 * ms],
+                     peak_memory_bytes=memory, tokens_per_step=1000)  # fmt: skip
+
+
+def test_summary_ratios_are_to_the_inductor_baseline():
+    results = [_result("quartet2", 30.0, 2.2, 3 << 30), _result("inductor", 20.0, 2.0, 2 << 30)]
+    results.append(RunResult("tensorrt", "tiny", 10, error="ModuleNotFoundError: torch_tensorrt"))
+    header, rows = report.summary_rows(results)
+    q = dict(zip(header, rows[0], strict=False))
+    assert q["step ms"] == "30.0" and q["x base"] == "1.50" and q["bpb gap"] == "+10.00%"
+    assert rows[0][header.index("peak GiB") + 1] == "1.50"
+    assert q["tokens/s"] == f"{1000 / 0.030:,.0f}"
+    assert rows[2][1] == "not run" and "torch_tensorrt" in report.failures(results)
+
+
+def test_result_files_round_trip(tmp_path):
+    pytest.importorskip("matplotlib")
+    results = [_result("inductor", 20.0, 2.0), _result("quartet2", 25.0, 2.1)]
+    paths = report.write(results, tmp_path, "ab", report.environment(torch.device("cpu")))
+    assert sorted(p.suffix for p in paths) == [".json", ".md", ".png"]
+    payload = json.loads((tmp_path / "ab.json").read_text())
+    assert {"device", "versions", "command"} <= set(payload) and payload["results"][1]["median_step_ms"] == 25.0
+    loaded, meta = report.load(tmp_path / "ab.json")
+    assert loaded[1].val_bpb == [(2, 2.1)] and loaded[1].median_step_ms == 25.0 and meta["device"]
+    assert (tmp_path / "ab.png").stat().st_size > 1000
+
+
+def test_cli_writes_the_comparison(corpus_dir, tmp_path, capsys):
+    cli.main(["--data", str(corpus_dir), "--variants", "eager,quartet2", "--steps", "4", "--batch", "2",
+              "--seq-len", "32", "--eval-every", "2", "--inner-backend", "aot_eager",
+              "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "quartet2" in out and "Validation bits per byte" in out
+    payload = json.loads((tmp_path / "ab.json").read_text())
+    assert [r["variant"] for r in payload["results"]] == ["eager", "quartet2"]
+    cli.main(["--replot", str(tmp_path / "ab.json")])
+    assert "quartet2" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_hf_overrides():
+    with pytest.raises(SystemExit):
+        cli.main(["--hf-config", "gpt2", "--hf-set", "n_layer"])
+
+
+def test_demo_is_the_ab_training_job(corpus_dir, capsys):
+    demo.main(["--data", str(corpus_dir), "--steps", "4", "--batch", "2", "--seq-len", "32", "--eval-every", "2"])
+    out = capsys.readouterr().out
+    assert "inductor" in out and "quartet2" in out and "bits/byte vs" in out
