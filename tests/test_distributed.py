@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +55,17 @@ def test_setup_without_torchrun_environment_is_an_error(monkeypatch):
     with pytest.raises((ValueError, RuntimeError)):
         distributed.setup("cpu")
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_launcher_example_trains_under_torchrun(parallel):
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_distributed.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(example),
+               "--parallel", parallel, "--model", "tiny", "--global-batch", "4", "--seq-len", "64", "--steps", "3",
+               "--inner-backend", "aot_eager"]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [float(line.split()[3]) for line in done.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses)

@@ -27,7 +27,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             pass
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"device": name, "versions": versions, "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    command = getattr(sys, "orig_argv", sys.argv)  # orig_argv keeps "python -m module" (Python >= 3.10)
+    return {"device": name, "versions": versions, "command": shlex.join([Path(command[0]).name, *command[1:]])}
 
 
 def _baseline(results: Sequence[RunResult]) -> RunResult | None:
