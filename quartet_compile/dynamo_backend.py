@@ -42,6 +42,12 @@ def _inner_compile(gm: fx.GraphModule, example_inputs: list, config: QuartetConf
         from torch._dynamo.backends.registry import lookup_backend
 
         return lookup_backend("aot_eager")(gm, example_inputs)
+    return inductor(gm, example_inputs, mode=mode)
+
+
+def inductor(gm: fx.GraphModule, example_inputs: list, mode: str | None = None) -> Callable:
+    """Inductor as ``torch.compile(mode=...)`` would run it, callable as a backend object (the
+    registered ``"inductor"`` backend takes no ``mode``)."""
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .config import QuartetConfig, Recipe
 from .data import ByteCorpus, bits_per_byte
 from .distributed import backward_seed, world
-from .dynamo_backend import QuartetBackend
+from .dynamo_backend import QuartetBackend, inductor
 from .models import PRESETS, Llama
 
 
@@ -143,6 +143,8 @@ class TrainSettings:
     """``none``, ``ddp`` or ``fsdp2`` (launched under ``torchrun``)."""
     compile_per_block: bool = False
     """FSDP2: compile each block separately (torchtitan's layout) instead of the whole model."""
+    compile_mode: str | None = None
+    """``torch.compile(mode=...)`` of every compiled variant, e.g. ``reduce-overhead`` (CUDA graphs)."""
 
 
 @dataclass
@@ -210,7 +212,7 @@ def _backend_for(variant: Variant, quartet_options: dict[str, Any]) -> _Counting
         import torch_tensorrt  # noqa: F401  (registers the backend)
 
         return _CountingBackend(torch._dynamo.lookup_backend("torch_tensorrt"))
-    return _CountingBackend(torch._dynamo.lookup_backend("inductor"))
+    return _CountingBackend(inductor)
 
 
 def _swap_in_fouroversix(model: nn.Module) -> None:
@@ -266,15 +268,17 @@ def _wrap_parallel(model: CausalLMLoss, settings: TrainSettings, device: torch.d
     raise ValueError(f"parallel must be none, ddp or fsdp2, got {settings.parallel!r}")
 
 
-def _compile(model: nn.Module, backend: _CountingBackend | None, settings: TrainSettings) -> nn.Module:
+def _compile(
+    model: nn.Module, backend: _CountingBackend | None, settings: TrainSettings, mode: str | None
+) -> nn.Module:
     if backend is None:
         return model
     if settings.compile_per_block:
         inner = model.module if hasattr(model, "module") else model
         for block in inner.blocks:
-            block.compile(backend=backend)
+            block.compile(backend=backend, mode=mode)
         return model
-    return torch.compile(model, backend=backend)
+    return torch.compile(model, backend=backend, mode=mode)
 
 
 def _local_rows(tokens: Tensor) -> Tensor:
@@ -298,6 +302,7 @@ def evaluate(step_fn: nn.Module, batches: list[Tensor], device: torch.device, se
     total = torch.zeros((), device=device)
     with torch.no_grad(), _autocast(device, settings):
         for tokens in batches:
+            torch.compiler.cudagraph_mark_step_begin()
             total += _global_mean(step_fn(_local_rows(tokens).to(device)).float())
     return bits_per_byte(float(total) / len(batches))
 
@@ -343,7 +348,7 @@ def train(
         result.error = f"{type(exc).__name__}: {exc}"
         return result
     model = _wrap_parallel(model, settings, device)
-    step_fn = _compile(model, backend, settings)
+    step_fn = _compile(model, backend, settings, None if variant.kind is Kind.TENSORRT else settings.compile_mode)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runner = _train_steps if variant.trains else _forward_steps
@@ -368,11 +373,11 @@ def _train_steps(step_fn, model, corpus, settings, device, result, backend, prog
     timer = _Timer(device)
     # The backward's random stream: the same for every variant.
     torch.manual_seed(backward_seed(settings.seed + 1 if settings.backward_seed is None else settings.backward_seed))
-    losses: list[Tensor] = []
     for step in range(settings.steps):
         tokens = _local_rows(next(data)).to(device, non_blocking=True)
         graphs_before = backend.graphs if backend else 0
         wall, start = time.perf_counter(), timer.start()
+        torch.compiler.cudagraph_mark_step_begin()  # a new iteration for CUDA-graph trees; else a no-op
         with _autocast(device, settings):
             loss = step_fn(tokens)
         loss.backward()
@@ -381,7 +386,7 @@ def _train_steps(step_fn, model, corpus, settings, device, result, backend, prog
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         elapsed = timer.elapsed_ms(start)
-        losses.append(_global_mean(loss.detach().float()))
+        result.losses.append(float(_global_mean(loss.detach().float())))  # now: a CUDA graph reuses its output
         if step == 0:
             result.compile_s = time.perf_counter() - wall
         elif backend:
@@ -392,8 +397,7 @@ def _train_steps(step_fn, model, corpus, settings, device, result, backend, prog
         if (step + 1) % settings.eval_every == 0 or last:
             result.val_bpb.append((step + 1, evaluate(step_fn, val, device, settings)))
         if progress:
-            progress(step, float(losses[-1]))
-    result.losses = [float(x) for x in losses]
+            progress(step, result.losses[-1])
     result.graphs = backend.graphs if backend else 0
     if result.step_ms:
         result.compile_s = max(0.0, result.compile_s - result.median_step_ms / 1e3)

@@ -167,3 +167,22 @@ def test_demo_is_the_ab_training_job(corpus_dir, capsys):
     demo.main(["--data", str(corpus_dir), "--steps", "4", "--batch", "2", "--seq-len", "32", "--eval-every", "2"])
     out = capsys.readouterr().out
     assert "inductor" in out and "quartet2" in out and "bits/byte vs" in out
+
+
+def test_compile_mode_reaches_the_backends(corpus, monkeypatch):
+    from quartet_compile import training
+
+    seen = []
+
+    class Spy(training.QuartetBackend):
+        def __call__(self, gm, example_inputs, mode=None):
+            seen.append(mode)
+            return super().__call__(gm, example_inputs, mode=mode)
+
+    monkeypatch.setattr(training, "QuartetBackend", Spy)
+    settings = TrainSettings(batch=2, seq_len=32, steps=3, warmup_steps=1, eval_every=3, eval_batches=1,
+                             compile_mode="reduce-overhead")  # fmt: skip
+    (run,) = (
+        train(v, ModelSpec("tiny"), corpus, settings, torch.device("cpu"), FAST) for v in parse_variants("quartet2")
+    )
+    assert run.error is None and len(run.losses) == 3 and seen and set(seen) == {"reduce-overhead"}

@@ -62,6 +62,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, 
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="directory for the JSON, markdown and PNG results")
     parser.add_argument(
+        "--mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of every compiled variant (reduce-overhead: CUDA graphs)",
+    )
+    parser.add_argument(
         "--inner-backend", default="inductor", help="what compiles quartet's rewritten graph (aot_eager: debugging)"
     )
     parser.add_argument("--name", default=defaults["name"], help="file stem of the results")
@@ -80,6 +85,7 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
         backward_seed=args.backward_seed,
         parallel=args.parallel if getattr(args, "worker_json", None) else "none",
         compile_per_block=getattr(args, "compile_per_block", False),
+        compile_mode=args.mode,
     )
 
 

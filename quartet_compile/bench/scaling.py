@@ -58,6 +58,8 @@ def worker_argv(args: argparse.Namespace, variants: Sequence[str], ranks: int) -
     ):
         if value is not None:
             argv += [flag, value]
+    if args.mode:
+        argv += ["--mode", args.mode]
     for item in args.hf_set:
         argv += ["--hf-set", item]
     return [str(a) for a in argv] + (["--compile-per-block"] if args.compile_per_block else [])
