@@ -364,7 +364,19 @@ def train(
     return result
 
 
-def _train_steps(step_fn, model, corpus, settings, device, result, backend, progress) -> None:
+Progress = Callable[[int, float], None]
+
+
+def _train_steps(
+    step_fn: nn.Module,
+    model: nn.Module,
+    corpus: ByteCorpus,
+    settings: TrainSettings,
+    device: torch.device,
+    result: RunResult,
+    backend: _CountingBackend | None,
+    progress: Progress | None,
+) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings))
@@ -403,7 +415,16 @@ def _train_steps(step_fn, model, corpus, settings, device, result, backend, prog
         result.compile_s = max(0.0, result.compile_s - result.median_step_ms / 1e3)
 
 
-def _forward_steps(step_fn, model, corpus, settings, device, result, backend, progress) -> None:
+def _forward_steps(
+    step_fn: nn.Module,
+    model: nn.Module,
+    corpus: ByteCorpus,
+    settings: TrainSettings,
+    device: torch.device,
+    result: RunResult,
+    backend: _CountingBackend | None,
+    progress: Progress | None,
+) -> None:
     data = corpus.batches(settings.batch, settings.seq_len, torch.Generator().manual_seed(settings.seed))
     timer = _Timer(device)
     with torch.no_grad():

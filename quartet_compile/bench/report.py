@@ -50,7 +50,7 @@ def _bpb_gap(result: RunResult, base: RunResult | None) -> str:
 def summary_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[str]]]:
     """Cells of the summary table; ratios are to the baseline measured in the same run."""
     base = _baseline(results)
-    header = ["variant", "step ms", "x base", "tokens/s", "compile s", "peak GiB", "x base", "graphs",
+    header = ["variant", "step ms", "x base", "tokens/s", "compile s", "peak GiB", "mem x base", "graphs",
               "breaks", "recompiles", "loss", "val bpb", "bpb gap"]  # fmt: skip
     rows = []
     for r in results:
