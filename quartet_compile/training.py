@@ -336,6 +336,7 @@ def train(
     """Train ``spec`` compiled as ``variant`` and measure it. Errors of optional variants (a
     missing package, a peer that cannot run here) come back in ``RunResult.error``."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() keeps them: breaks would add up across variants
     torch.manual_seed(settings.seed)
     model = spec.build().to(device)
     result = RunResult(variant.name, spec.label, sum(p.numel() for p in model.parameters()))

@@ -186,3 +186,9 @@ def test_compile_mode_reaches_the_backends(corpus, monkeypatch):
         train(v, ModelSpec("tiny"), corpus, settings, torch.device("cpu"), FAST) for v in parse_variants("quartet2")
     )
     assert run.error is None and len(run.losses) == 3 and seen and set(seen) == {"reduce-overhead"}
+
+
+def test_graph_breaks_are_counted_per_variant(corpus):
+    torch._dynamo.utils.counters["graph_break"]["left over from an earlier compile"] += 3
+    (run,) = (train(v, ModelSpec("tiny"), corpus, SMALL, torch.device("cpu"), FAST) for v in parse_variants("quartet2"))
+    assert run.graph_breaks == 0
