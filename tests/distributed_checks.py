@@ -38,6 +38,9 @@ def same_numbers_as_one_process(rank: int, world: int, store: str, mode: str, er
     """Every rank gets the same batch and backward seed, so the distributed step must equal the
     one-process step bit for bit: loss and every (all-reduced / reduce-scattered) gradient. This
     fails if a rank quantized a weight shard with the shard's own amax."""
+    # One thread: the embedding's backward accumulates rows in thread order otherwise, and that
+    # nondeterminism (not quantization) would break bit-equality with the one-process model.
+    torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
         torch.manual_seed(0)
