@@ -88,9 +88,9 @@ def main() -> None:
         (args.out / "distributed.json").write_text(
             json.dumps({**meta, "results": [r.to_json() for r in runs.values()]}, indent=1)
         )
-        md = ["# DDP / FSDP2 vs one GPU (quartet2)", "", f"Device: {meta['device']}; versions: {meta['versions']}",
-              f"Command: `{meta['command']}`", "", f"Bound: {args.noise_factor} x {noise:.4f} (one-GPU seed-to-seed "
-              "mean |dloss| over the second half)", "", report.markdown_table(header, rows)]  # fmt: skip
+        md = [*report.markdown_header("DDP / FSDP2 vs one GPU (quartet2)", meta),
+              f"Bound: {args.noise_factor} x {noise:.4f} (one-GPU seed-to-seed mean |dloss| over the second half)",
+              "", report.markdown_table(header, rows)]  # fmt: skip
         (args.out / "distributed.md").write_text("\n".join(md) + "\n")
         report.plot(list(runs.values()), args.out / "distributed.png", title="quartet2: DDP / FSDP2 vs one GPU")
 

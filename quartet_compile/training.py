@@ -180,6 +180,13 @@ class RunResult:
     def final_val_bpb(self) -> float:
         return self.val_bpb[-1][1] if self.val_bpb else math.nan
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        """Inverse of :meth:`to_json` (derived fields are recomputed, not read)."""
+        result = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        result.val_bpb = [tuple(point) for point in result.val_bpb]
+        return result
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
@@ -355,6 +362,7 @@ def train(
     runner = _train_steps if variant.trains else _forward_steps
     try:
         runner(step_fn, model, corpus, settings, device, result, backend, progress)
+        result.graphs = backend.graphs if backend else 0
     except Exception as exc:  # a failing peer or optional backend must not end the comparison
         if variant.kind in (Kind.QUARTET, Kind.INDUCTOR, Kind.EAGER):
             raise
@@ -366,6 +374,26 @@ def train(
 
 
 Progress = Callable[[int, float], None]
+
+
+def _record_step(
+    result: RunResult,
+    settings: TrainSettings,
+    step: int,
+    loss: float,
+    wall_s: float,
+    elapsed_ms: float,
+    progress: Progress | None,
+) -> None:
+    """Bookkeeping shared by training and forward-only runs: the first step's wall time holds the
+    compilation; steps after the warm-up are timed."""
+    result.losses.append(loss)
+    if step == 0:
+        result.compile_s = wall_s
+    if step >= settings.warmup_steps:
+        result.step_ms.append(elapsed_ms)
+    if progress:
+        progress(step, loss)
 
 
 def _train_steps(
@@ -398,20 +426,13 @@ def _train_steps(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        elapsed = timer.elapsed_ms(start)
-        result.losses.append(float(_global_mean(loss.detach().float())))  # now: a CUDA graph reuses its output
-        if step == 0:
-            result.compile_s = time.perf_counter() - wall
-        elif backend:
+        elapsed, wall_s = timer.elapsed_ms(start), time.perf_counter() - wall
+        loss = float(_global_mean(loss.detach().float()))  # now: a CUDA graph reuses its output
+        if step > 0 and backend:
             result.recompiles += backend.graphs - graphs_before
-        if step >= settings.warmup_steps:
-            result.step_ms.append(elapsed)
-        last = step + 1 == settings.steps
-        if (step + 1) % settings.eval_every == 0 or last:
+        if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
             result.val_bpb.append((step + 1, evaluate(step_fn, val, device, settings)))
-        if progress:
-            progress(step, result.losses[-1])
-    result.graphs = backend.graphs if backend else 0
+        _record_step(result, settings, step, loss, wall_s, elapsed, progress)
     if result.step_ms:
         result.compile_s = max(0.0, result.compile_s - result.median_step_ms / 1e3)
 
@@ -435,11 +456,4 @@ def _forward_steps(
             with _autocast(device, settings):
                 loss = step_fn(tokens)
             elapsed = timer.elapsed_ms(start)
-            result.losses.append(float(loss))
-            if step == 0:
-                result.compile_s = time.perf_counter() - wall
-            if step >= settings.warmup_steps:
-                result.step_ms.append(elapsed)
-            if progress:
-                progress(step, result.losses[-1])
-    result.graphs = backend.graphs if backend else 0
+            _record_step(result, settings, step, float(loss), time.perf_counter() - wall, elapsed, progress)

@@ -105,6 +105,12 @@ def curve_table(results: Sequence[RunResult]) -> str:
     return text_table(header, rows)
 
 
+def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
+    """Title, device, versions and command: the first lines of every markdown result file."""
+    return [f"# {title}", "", f"Device: {meta.get('device')}; versions: {meta.get('versions')}",
+            f"Command: `{meta.get('command')}`", ""]  # fmt: skip
+
+
 def write(results: Sequence[RunResult], out: Path, stem: str, meta: dict[str, Any]) -> list[Path]:
     """``{stem}.json`` (everything, per-step losses included), ``{stem}.md`` and, when matplotlib
     is installed, ``{stem}.png``. Returns the paths written."""
@@ -113,9 +119,7 @@ def write(results: Sequence[RunResult], out: Path, stem: str, meta: dict[str, An
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(payload, indent=1))
     header, rows = summary_rows(results)
-    md = [f"# {stem}", "", f"Device: {meta.get('device')}; versions: {meta.get('versions')}",
-          f"Command: `{meta.get('command')}`", "", markdown_table(header, rows), "", failures(results),
-          *meta.get("notes", [])]  # fmt: skip
+    md = [*markdown_header(stem, meta), markdown_table(header, rows), "", failures(results), *meta.get("notes", [])]
     md_path = out / f"{stem}.md"
     md_path.write_text("\n".join(md) + "\n")
     png = plot(results, out / f"{stem}.png", title=stem)
@@ -125,11 +129,7 @@ def write(results: Sequence[RunResult], out: Path, stem: str, meta: dict[str, An
 def load(path: Path) -> tuple[list[RunResult], dict[str, Any]]:
     """Read a result file back (to re-plot or re-tabulate results made on another machine)."""
     payload = json.loads(Path(path).read_text())
-    fields = RunResult.__dataclass_fields__
-    results = [RunResult(**{k: v for k, v in r.items() if k in fields}) for r in payload.pop("results")]
-    for r in results:
-        r.val_bpb = [tuple(p) for p in r.val_bpb]
-    return results, payload
+    return [RunResult.from_json(r) for r in payload.pop("results")], payload
 
 
 def plot(results: Sequence[RunResult], path: Path, title: str) -> Path | None:

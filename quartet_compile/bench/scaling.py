@@ -38,8 +38,7 @@ def launch(ranks: int, argv: Sequence[str]) -> list[RunResult]:
                    "-m", "quartet_compile.bench", *argv, "--worker-json", str(out)]  # fmt: skip
         print(f"{ranks} rank(s): {' '.join(command[1:])}", file=sys.stderr)
         subprocess.run(command, check=True)
-        fields = RunResult.__dataclass_fields__
-        return [RunResult(**{k: v for k, v in r.items() if k in fields}) for r in json.loads(out.read_text())]
+        return [RunResult.from_json(r) for r in json.loads(out.read_text())]
 
 
 def worker_argv(args: argparse.Namespace, variants: Sequence[str], ranks: int) -> list[str]:
@@ -100,8 +99,10 @@ def scaling_study(args: argparse.Namespace, variants: Sequence[str]) -> list[dic
                 "seq_len": args.seq_len, "model": args.hf_config or args.model}  # fmt: skip
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.name}-scaling.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-        md = [f"# {args.name}: {args.parallel} scaling", "", f"Device: {meta['device']}; versions: {meta['versions']}",
-              f"Command: `{meta['command']}`", "", report.markdown_table(header, cells)]  # fmt: skip
+        md = [
+            *report.markdown_header(f"{args.name}: {args.parallel} scaling", meta),
+            report.markdown_table(header, cells),
+        ]
         (args.out / f"{args.name}-scaling.md").write_text("\n".join(md) + "\n")
     return rows
 
