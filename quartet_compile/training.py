@@ -162,6 +162,13 @@ class RunResult:
     recompiles: int = 0
     tokens_per_step: int = 0
     error: str | None = None
+    backward_seed: int | None = None
+    """The seed asked for (``None``: the default, ``seed + 1``)."""
+
+    @property
+    def label(self) -> str:
+        """Row name in tables and plots: the variant, and the backward seed when one was asked for."""
+        return self.variant if self.backward_seed is None else f"{self.variant} seed {self.backward_seed}"
 
     @property
     def median_step_ms(self) -> float:
@@ -347,6 +354,7 @@ def train(
     torch.manual_seed(settings.seed)
     model = spec.build().to(device)
     result = RunResult(variant.name, spec.label, sum(p.numel() for p in model.parameters()))
+    result.backward_seed = settings.backward_seed
     result.tokens_per_step = settings.batch * settings.seq_len
     try:
         if variant.kind is Kind.FOUROVERSIX:

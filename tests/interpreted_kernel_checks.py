@@ -14,7 +14,7 @@ from fp4_asserts import assert_same_fp4
 
 from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
 from quartet_compile.kernels.nvfp4_math import e2m1_code, e2m1_round, e4m3_rne, e4m3_sr
-from quartet_compile.kernels.quantize import quantize
+from quartet_compile.kernels.quantize import quantize, tensor_amax
 from quartet_compile.reference import (
     decode_e2m1,
     quantize_four_over_six,
@@ -66,7 +66,18 @@ def rounding(generator: torch.Generator) -> None:
     assert torch.equal(sr, stochastic_round_to_e4m3(x.abs(), uniforms))
 
 
+def _amax_check(generator: torch.Generator) -> None:
+    """The tensor amax with its maximum planted anywhere, NaN counting as +inf."""
+    x = torch.randn(9000 + int(torch.randint(0, 200, (1,), generator=generator)), generator=generator)
+    where = torch.randint(0, x.numel(), (2,), generator=generator).tolist()
+    x[where[0]] = -50.0
+    assert tensor_amax(x).item() == 50.0
+    x[where[1]] = float("nan")
+    assert tensor_amax(x).item() == float("inf")
+
+
 def forward_quantize(generator: torch.Generator) -> None:
+    _amax_check(generator)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for four_over_six in (False, True):
             for rows, cols in ((37, 272), (64, 128)):

@@ -192,3 +192,21 @@ def test_graph_breaks_are_counted_per_variant(corpus):
     torch._dynamo.utils.counters["graph_break"]["left over from an earlier compile"] += 3
     (run,) = (train(v, ModelSpec("tiny"), corpus, SMALL, torch.device("cpu"), FAST) for v in parse_variants("quartet2"))
     assert run.graph_breaks == 0
+
+
+def test_cli_repeats_every_variant_per_backward_seed(corpus_dir, tmp_path, capsys):
+    cli.main(["--data", str(corpus_dir), "--variants", "eager,quartet2", "--steps", "3", "--batch", "2",
+              "--seq-len", "32", "--eval-every", "3", "--inner-backend", "aot_eager", "--backward-seed", "4,5",
+              "--out", str(tmp_path)])  # fmt: skip
+    loaded, _ = report.load(tmp_path / "ab.json")
+    assert [r.label for r in loaded] == ["eager seed 4", "eager seed 5", "quartet2 seed 4", "quartet2 seed 5"]
+    assert "quartet2 seed 5" in capsys.readouterr().out
+    eager, quartet = loaded[:2], loaded[2:]
+    assert eager[0].losses == eager[1].losses, "the backward seed changed a deterministic run"
+    assert quartet[0].losses[0] == quartet[1].losses[0], "the first forward does not depend on the backward seed"
+    assert quartet[0].losses[1:] != quartet[1].losses[1:], "the stochastic backward ignored its seed"
+
+
+def test_cli_rejects_bad_seed_lists():
+    with pytest.raises(SystemExit):
+        cli.main(["--backward-seed", "1,x"])

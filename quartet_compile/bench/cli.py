@@ -13,13 +13,14 @@ import argparse
 import importlib.util
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import ByteCorpus
-from ..training import VARIANTS, Kind, ModelSpec, RunResult, TrainSettings, parse_variants, train
+from ..training import VARIANTS, Kind, ModelSpec, RunResult, TrainSettings, Variant, parse_variants, train
 from . import report
 
 DEFAULT_VARIANTS = ["eager", "inductor", "quartet2", "quartet2-no46", "nvidia", "fp4-forward", "tensorrt"]
@@ -44,6 +45,13 @@ def _hf_overrides(items: Sequence[str]) -> tuple[tuple[str, Any], ...]:
     return tuple(pairs)
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """Arguments shared by ``quartet-bench`` and the demo (which only changes their defaults)."""
     parser.add_argument("--model", default=defaults["model"], help="built-in preset: tiny, 30m, 125m, 350m, 1b")
@@ -58,7 +66,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, 
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--lr", type=float, default=defaults["lr"])
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
-    parser.add_argument("--backward-seed", type=int, help="backward randomness (default: seed + 1)")
+    parser.add_argument(
+        "--backward-seed",
+        type=_seed_list,
+        help="backward randomness (default: seed + 1); a comma list trains every variant once per seed",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="directory for the JSON, markdown and PNG results")
     parser.add_argument(
@@ -82,11 +94,19 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
         eval_every=args.eval_every,
         eval_batches=args.eval_batches,
         seed=args.seed,
-        backward_seed=args.backward_seed,
+        backward_seed=args.backward_seed[0] if args.backward_seed else None,
         parallel=args.parallel if getattr(args, "worker_json", None) else "none",
         compile_per_block=getattr(args, "compile_per_block", False),
         compile_mode=args.mode,
     )
+
+
+def runs_from(args: argparse.Namespace, variant_names: Sequence[str]) -> list[tuple[Variant, TrainSettings]]:
+    """Every variant with every backward seed of ``--backward-seed``: the repeats that measure
+    run-to-run noise share initial weights and data order and differ in the backward only."""
+    base = settings_from(args)
+    seeds = args.backward_seed or [None]
+    return [(v, replace(base, backward_seed=s)) for v in parse_variants(list(variant_names)) for s in seeds]
 
 
 def spec_from(args: argparse.Namespace) -> ModelSpec:
@@ -119,11 +139,11 @@ def compare(args: argparse.Namespace, variant_names: Sequence[str]) -> list[RunR
         file=sys.stderr,
     )
     results = []
-    for variant in parse_variants(list(variant_names)):
+    for variant, run_settings in runs_from(args, variant_names):
         progress = _progress_bar(settings.steps, variant.name)
-        result = train(variant, spec, corpus, settings, device, {"inner_backend": args.inner_backend}, progress)
+        result = train(variant, spec, corpus, run_settings, device, {"inner_backend": args.inner_backend}, progress)
         status = f"{result.median_step_ms:.1f} ms/step" if result.error is None else f"not run ({result.error})"
-        print(f"  {variant.name}: {status}", file=sys.stderr)
+        print(f"  {result.label}: {status}", file=sys.stderr)
         results.append(result)
     print()
     print(report.text_table(*report.summary_rows(results)))
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker_json:
         from .scaling import run_worker
 
-        run_worker(args, parse_variants(variants), settings_from, spec_from(args))
+        run_worker(args, runs_from(args, variants), spec_from(args))
         return
     if args.distributed:
         from .scaling import scaling_study

@@ -55,12 +55,12 @@ def summary_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[str
     rows = []
     for r in results:
         if r.error is not None:
-            rows.append([r.variant, "not run"] + ["-"] * (len(header) - 2))
+            rows.append([r.label, "not run"] + ["-"] * (len(header) - 2))
             continue
         mem = r.peak_memory_bytes / 2**30 if r.peak_memory_bytes else None
         base_mem = base.peak_memory_bytes if base else None
         rows.append([
-            r.variant,
+            r.label,
             _fmt(r.median_step_ms, ".1f"),
             _fmt(r.median_step_ms / base.median_step_ms if base else None, ".2f"),
             _fmt(r.tokens_per_s, ",.0f"),
@@ -86,7 +86,7 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 def failures(results: Sequence[RunResult]) -> str:
     """Why each variant that did not run did not (missing package, unsupported device...)."""
-    return "\n".join(f"{r.variant}: not run: {r.error}" for r in results if r.error is not None)
+    return "\n".join(f"{r.label}: not run: {r.error}" for r in results if r.error is not None)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -100,7 +100,7 @@ def curve_table(results: Sequence[RunResult]) -> str:
     if not trained:
         return ""
     steps = sorted({s for r in trained for s, _ in r.val_bpb})
-    header = ["step"] + [f"{r.variant} bpb" for r in trained]
+    header = ["step"] + [f"{r.label} bpb" for r in trained]
     rows = [[str(s)] + [_fmt(dict(r.val_bpb).get(s), ".4f") for r in trained] for s in steps]
     return text_table(header, rows)
 
@@ -149,12 +149,12 @@ def plot(results: Sequence[RunResult], path: Path, title: str) -> Path | None:
             window = max(1, len(r.losses) // 50)
             smooth = [sum(r.losses[max(0, i - window + 1) : i + 1]) / len(r.losses[max(0, i - window + 1) : i + 1])
                       for i in range(len(r.losses))]  # fmt: skip
-            ax_loss.plot(range(1, len(smooth) + 1), smooth, label=r.variant)
-            ax_bpb.plot(*zip(*r.val_bpb, strict=True), marker="o", label=r.variant)
+            ax_loss.plot(range(1, len(smooth) + 1), smooth, label=r.label)
+            ax_bpb.plot(*zip(*r.val_bpb, strict=True), marker="o", label=r.label)
     ax_loss.set(xlabel="step", ylabel="train loss (nats/byte, smoothed)", title="training loss")
     ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation")
     timed = [r for r in ok if r.step_ms]
-    ax_time.barh([r.variant for r in timed], [r.median_step_ms for r in timed])
+    ax_time.barh([r.label for r in timed], [r.median_step_ms for r in timed])
     ax_time.set(xlabel="median step time (ms)", title="speed")
     for ax in (ax_loss, ax_bpb):
         if ax.lines:

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def worker_argv(args: argparse.Namespace, variants: Sequence[str], ranks: int) -
     for flag, value in (
         ("--hf-config", args.hf_config),
         ("--data", args.data),
-        ("--backward-seed", args.backward_seed),
+        ("--backward-seed", ",".join(map(str, args.backward_seed)) if args.backward_seed else None),
     ):
         if value is not None:
             argv += [flag, value]
@@ -64,17 +64,12 @@ def worker_argv(args: argparse.Namespace, variants: Sequence[str], ranks: int) -
     return [str(a) for a in argv] + (["--compile-per-block"] if args.compile_per_block else [])
 
 
-def run_worker(
-    args: argparse.Namespace,
-    variants: Sequence[Variant],
-    settings_for: Callable[[argparse.Namespace], TrainSettings],
-    spec: ModelSpec,
-) -> None:
-    """One rank of a ``torchrun`` launch: train every variant, rank 0 writes the results."""
+def run_worker(args: argparse.Namespace, runs: Sequence[tuple[Variant, TrainSettings]], spec: ModelSpec) -> None:
+    """One rank of a ``torchrun`` launch: train every run, rank 0 writes the results."""
     device = distributed.setup(args.device)
     corpus = ByteCorpus.load(args.data)
     options = {"inner_backend": args.inner_backend}
-    results = [train(v, spec, corpus, settings_for(args), device, options) for v in variants]
+    results = [train(variant, spec, corpus, settings, device, options) for variant, settings in runs]
     if distributed.world()[0] == 0:
         Path(args.worker_json).write_text(json.dumps([r.to_json() for r in results]))
     distributed.teardown()
@@ -89,7 +84,7 @@ def scaling_study(args: argparse.Namespace, variants: Sequence[str]) -> list[dic
     rows: list[dict[str, Any]] = []
     for ranks in world_sizes(limit):
         for result in launch(ranks, worker_argv(args, variants, ranks)):
-            rows.append({"variant": result.variant, "ranks": ranks, "step_ms": result.median_step_ms,
+            rows.append({"variant": result.label, "ranks": ranks, "step_ms": result.median_step_ms,
                          "tokens_per_s": result.tokens_per_s, "error": result.error})  # fmt: skip
     header, cells = scaling_table(rows)
     print(report.text_table(header, cells))
