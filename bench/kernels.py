@@ -139,19 +139,31 @@ def tune_dequant_gemm(m: int = 8192, n: int = 8192, k: int = 8192) -> list[dict]
 
 
 def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
-    """Time the amax pass alone, then each quantizer under a few tile configs."""
+    """Time the statistics (amax) pass alone, then each quantizer, under a few tile configs."""
     x = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16)
-    rows = [{"kernel": "amax", "config": dict(quantize_module.AMAX_CONFIG), "ms": median_ms(lambda: tensor_amax(x))}]
+    rows = []
     rotation = rotation_matrix(random_signs(128, None, torch.device("cuda")))
     seed = torch.randint(0, 2**62, (), device="cuda")
-    candidates = [
-        (quantize_module.QUANTIZE_CONFIG, {"BLOCK_R": r, "BLOCK_C": c, "num_warps": w}, name, fn)
-        for r, c, w in [(32, 128, 4), (16, 256, 4), (64, 128, 8), (8, 512, 4), (32, 256, 8)]
-        for name, fn in [("rtn", lambda: quantize(x)), ("4/6", lambda: quantize(x, four_over_six=True))]
-    ] + [
-        (ms_eden_module.MS_EDEN_CONFIG, {"BLOCK_R": r, "num_warps": w}, "ms-eden", lambda: ms_eden(x, rotation, seed))
-        for r, w in [(64, 4), (32, 4), (128, 8), (64, 8), (16, 4)]
-    ]
+    candidates = (
+        [
+            (quantize_module.AMAX_CONFIG, {"BLOCK_SIZE": b, "num_warps": w}, "amax", lambda: tensor_amax(x))
+            for b, w in [(16384, 8), (8192, 8), (4096, 8)]
+        ]
+        + [
+            (quantize_module.QUANTIZE_CONFIG, {"BLOCK_R": r, "BLOCK_C": c, "num_warps": w}, name, fn)
+            for r, c, w in [(8, 256, 4), (16, 128, 4), (16, 128, 2), (32, 128, 4)]
+            for name, fn in [("rtn", lambda: quantize(x)), ("4/6", lambda: quantize(x, four_over_six=True))]
+        ]
+        + [
+            (
+                ms_eden_module.MS_EDEN_CONFIG,
+                {"BLOCK_R": r, "num_warps": w},
+                "ms-eden",
+                lambda: ms_eden(x, rotation, seed),
+            )
+            for r, w in [(64, 4), (64, 8), (128, 8)]
+        ]
+    )
     for target, config, name, fn in candidates:
         saved = dict(target)
         target.update(config)

@@ -13,8 +13,8 @@ import triton.language as tl
 from fp4_asserts import assert_same_fp4
 
 from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
-from quartet_compile.kernels.nvfp4_math import e2m1_code, e2m1_round, e4m3_rne, e4m3_sr
-from quartet_compile.kernels.quantize import quantize, tensor_amax
+from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e4m3_rne, e4m3_sr
+from quartet_compile.kernels.quantize import quantize, tensor_amax, tensor_stats
 from quartet_compile.reference import (
     decode_e2m1,
     quantize_four_over_six,
@@ -38,9 +38,9 @@ def _rounding_kernel(x_ptr, u_ptr, q_ptr, code_ptr, e4m3_ptr, sr_ptr, n, BLOCK: 
     i = tl.arange(0, BLOCK)
     mask = i < n
     x = tl.load(x_ptr + i, mask=mask)
-    q = e2m1_round(x)
+    q, code = e2m1_round_code(x)
     tl.store(q_ptr + i, q, mask=mask)
-    tl.store(code_ptr + i, e2m1_code(q), mask=mask)
+    tl.store(code_ptr + i, code, mask=mask)
     tl.store(e4m3_ptr + i, e4m3_rne(tl.abs(x)), mask=mask)
     tl.store(sr_ptr + i, e4m3_sr(tl.abs(x), tl.load(u_ptr + i, mask=mask)), mask=mask)
 
@@ -66,12 +66,56 @@ def rounding(generator: torch.Generator) -> None:
     assert torch.equal(sr, stochastic_round_to_e4m3(x.abs(), uniforms))
 
 
+@triton.jit
+def _division_kernel(x_ptr, d_ptr, fast_ptr, exact_ptr, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    mask = i < n
+    x = tl.load(x_ptr + i, mask=mask, other=1.0)
+    d = tl.load(d_ptr + i, mask=mask, other=1.0)
+    tl.store(fast_ptr + i, divide(x, d, tl.math.div_rn(1.0, d), True), mask=mask)
+    tl.store(exact_ptr + i, divide(x, d, 0.0, False), mask=mask)
+
+
+def division(generator: torch.Generator) -> None:
+    """The fast path of ``divide`` equals IEEE division bit for bit on its domain: every bf16
+    significand and random float32 numerators (signed zeros included, magnitudes down to
+    about FAST_DIVISION_MIN) over divisors of E4M3 significands times random tensor scales and
+    random float32 divisors, quotients near 1, 6 and the E2M1 midpoints included."""
+    n = 1 << 18
+    bf16 = (torch.arange(1 << 7, dtype=torch.int32) | 0x3F80).to(torch.int16).view(torch.bfloat16).float()
+    x = torch.cat([bf16.repeat(n // 128 // 2), torch.randn(n // 2, generator=generator)])
+    x = x * torch.exp2(torch.randint(-90, 60, (n,), generator=generator).float())
+    x[torch.randint(0, n, (64,), generator=generator)] = 0.0
+    x = torch.where(torch.rand(n, generator=generator) < 0.5, -x, x)
+    e4m3 = torch.arange(1, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    s_b = e4m3[torch.randint(0, e4m3.numel(), (n,), generator=generator)]
+    d = torch.where(
+        torch.rand(n, generator=generator) < 0.5,
+        s_b * torch.rand(n, generator=generator) * torch.exp2(torch.randint(-50, 50, (n,), generator=generator) * 1.0),
+        torch.rand(n, generator=generator) + 0.5,
+    )
+    near = torch.tensor([0.25, 0.75, 1.0, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0])
+    pick = torch.randint(0, n, (n // 8,), generator=generator)
+    x[pick] = near[torch.randint(0, near.numel(), (n // 8,), generator=generator)] * d[pick]
+    x[pick] = torch.nextafter(x[pick], torch.where(torch.rand(n // 8, generator=generator) < 0.5, 0.0, 100.0))
+    fast, exact = torch.empty(n), torch.empty(n)
+    _division_kernel[(1,)](x, d, fast, exact, n, BLOCK=n)
+    assert torch.equal(exact.view(torch.int32), (x / d).view(torch.int32))
+    bad = fast.view(torch.int32) != exact.view(torch.int32)
+    assert not bad.any(), (x[bad][:8], d[bad][:8], fast[bad][:8], exact[bad][:8])
+
+
 def _amax_check(generator: torch.Generator) -> None:
-    """The tensor amax with its maximum planted anywhere, NaN counting as +inf."""
+    """The tensor amax with its maximum planted anywhere, NaN counting as +inf; the flag of
+    numerators too small for the fast division."""
     x = torch.randn(9000 + int(torch.randint(0, 200, (1,), generator=generator)), generator=generator)
-    where = torch.randint(0, x.numel(), (2,), generator=generator).tolist()
+    where = torch.randint(0, x.numel(), (3,), generator=generator).tolist()
     x[where[0]] = -50.0
-    assert tensor_amax(x).item() == 50.0
+    assert tensor_stats(x).tolist() == [50.0, 0.0]
+    assert tensor_stats(torch.zeros(5000)).tolist() == [0.0, 0.0]
+    assert tensor_stats(torch.full((5000,), -FAST_DIVISION_MIN.value)).tolist() == [FAST_DIVISION_MIN.value, 0.0]
+    x[where[2]] = FAST_DIVISION_MIN.value / 2
+    assert tensor_stats(x).tolist() == [50.0, 1.0]
     x[where[1]] = float("nan")
     assert tensor_amax(x).item() == float("inf")
 
@@ -88,6 +132,14 @@ def forward_quantize(generator: torch.Generator) -> None:
                 assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
     x = _inputs(48, 64, torch.float32, generator).T
     assert_same_fp4(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))
+    # The exact-division path: a numerator below FAST_DIVISION_MIN, or a tensor scale outside
+    # FAST_DIVISION_SCALE_MIN..MAX.
+    for scale in (1.0, 1e-30, 1e30):
+        x = _inputs(32, 64, torch.float32, generator) * scale
+        x[3, :16] *= 1e-25
+        for four_over_six in (False, True):
+            ref = (quantize_four_over_six if four_over_six else quantize_rtn)(x)
+            assert_same_fp4(quantize(x, four_over_six=four_over_six).fp4, ref)
     zero = quantize(torch.zeros(16, 32)).fp4
     assert zero.tensor_scale.item() == 1.0 and not zero.dequantize().any()
     bad = _inputs(16, 32, torch.float32, generator)
@@ -101,8 +153,10 @@ def ms_eden_stage(generator: torch.Generator) -> None:
     seed = torch.randint(0, 2**62, (), generator=generator)
     g = _inputs(64, 256, torch.float32, generator)
     packed = quantize(_inputs(128, 48, torch.float32, generator), four_over_six=True).fp4
+    tiny = (g * 1e-25).bfloat16()  # tensor scale below FAST_DIVISION_SCALE_MIN: exact division
     cases = [
         (g.bfloat16(), False, g.bfloat16().float()),
+        (tiny, False, tiny.float()),
         (g.T.contiguous(), True, g),
         (packed, True, packed.dequantize(torch.float32).T),
     ]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -20,7 +21,7 @@ from quartet_compile.kernels import blackwell, gemm, ms_eden, quantize  # noqa: 
 CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
 
 
-@pytest.mark.parametrize("check", ["rounding", "forward_quantize", "ms_eden_stage"])
+@pytest.mark.parametrize("check", ["rounding", "division", "forward_quantize", "ms_eden_stage"])
 def test_kernel_matches_reference_in_triton_interpreter(check):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, str(CHECKS), check], env=env, capture_output=True, text=True, timeout=900)
@@ -80,16 +81,36 @@ def test_hopper_gemm_uses_wgmma_on_bf16():
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", compiled.asm["ptx"])
 
 
+@triton.jit
+def _multiply_add_kernel(a_ptr, b_ptr, c_ptr, out_ptr):
+    tl.store(out_ptr, tl.load(a_ptr) * tl.load(b_ptr) + tl.load(c_ptr))
+
+
+def test_exact_launch_options_keep_multiply_and_add_apart():
+    """``EXACT`` (the launch options of every quantize kernel) stops the compiler from
+    contracting a multiply and an add into one FMA, which the reference never does."""
+    signature = dict.fromkeys(["a_ptr", "b_ptr", "c_ptr", "out_ptr"], "*fp32")
+    assert "fma.rn.f32" in _compile(_multiply_add_kernel, signature, {}, 90).asm["ptx"]
+    assert "fma.rn.f32" not in _compile(_multiply_add_kernel, signature, {}, 90, **quantize.EXACT).asm["ptx"]
+
+
+def _assert_exact_rounding(kernel, signature: dict[str, str], constexprs: dict) -> str:
+    """IEEE division on the exact path, E4M3 rounding by bit manipulation (no float8 cvt)."""
+    ptx = _compile(kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]
+    assert "div.rn.f32" in ptx
+    assert "cvt.rn.satfinite.e4m3x2" not in ptx
+    return ptx
+
+
 @pytest.mark.parametrize("four_over_six", [False, True])
-def test_quantize_kernel_ptx_has_exact_division_and_no_fma(four_over_six):
-    """The reference's float32 order survives compilation: IEEE division, no contracted FMA."""
+def test_quantize_kernel_ptx_rounds_exactly(four_over_six):
     signature = {
         "x_ptr": "*bf16",
         "rows": "i32",
         "cols": "i32",
         "stride_r": "i32",
         "stride_c": "i32",
-        "amax_ptr": "*fp32",
+        "stats_ptr": "*fp32",
         "codes_ptr": "*u8",
         "scales_ptr": "*u8",
         "deq_ptr": "*bf16",
@@ -99,13 +120,10 @@ def test_quantize_kernel_ptx_has_exact_division_and_no_fma(four_over_six):
         "alt_factor": "fp32",
     }
     constexprs = {"FOUR_OVER_SIX": four_over_six, "STORE_CODES": True, "STORE_DEQ": True, "BLOCK_R": 32, "BLOCK_C": 128}
-    ptx = _compile(quantize._quantize_kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]
-    assert "div.rn.f32" in ptx
-    assert "fma.rn.f32" not in ptx
-    assert "cvt.rn.satfinite.e4m3x2" not in ptx
+    _assert_exact_rounding(quantize._quantize_kernel, signature, constexprs)
 
 
-def test_ms_eden_kernel_ptx_has_exact_division_and_no_fma():
+def test_ms_eden_kernel_ptx_rounds_exactly():
     signature = {
         "src_ptr": "*bf16",
         "src_scales_ptr": "*u8",
@@ -115,7 +133,7 @@ def test_ms_eden_kernel_ptx_has_exact_division_and_no_fma():
         "cols": "i32",
         "stride_r": "i32",
         "stride_c": "i32",
-        "amax_ptr": "*fp32",
+        "stats_ptr": "*fp32",
         "seed_ptr": "*i64",
         "codes_ptr": "*u8",
         "scales_ptr": "*u8",
@@ -136,6 +154,5 @@ def test_ms_eden_kernel_ptx_has_exact_division_and_no_fma():
         "DEBUG": False,
         "BLOCK_R": 64,
     }
-    ptx = _compile(ms_eden._ms_eden_kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]
-    assert "div.rn.f32" in ptx and "fma.rn.f32" not in ptx
+    ptx = _assert_exact_rounding(ms_eden._ms_eden_kernel, signature, constexprs)
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)

@@ -215,3 +215,43 @@ def test_kernel_backward_is_reproducible_under_manual_seed_and_graph_capture():
     graph.replay()
     assert all(torch.isfinite(t).all() for t in one)
     assert not torch.equal(one[0], captured[0])  # each replay draws new signs and seeds
+
+
+def _division_mismatches(numerator_bits: torch.Tensor, divisor_bits: torch.Tensor) -> int:
+    """Count of (numerator, divisor) pairs, every combination of the two float32 bit-pattern
+    lists, where ``divide``'s fast path differs from ``div.rn``. Compared in the kernel: the
+    pairs are never written to memory."""
+    import triton
+    import triton.language as tl
+
+    from quartet_compile.kernels.nvfp4_math import divide
+
+    @triton.jit
+    def kernel(x_ptr, d_ptr, n_d, count_ptr, BLOCK: tl.constexpr):
+        x = tl.load(x_ptr + tl.program_id(0)).to(tl.float32, bitcast=True)
+        j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        d = tl.load(d_ptr + j, mask=j < n_d, other=0x3F800000).to(tl.float32, bitcast=True)
+        fast = divide(x, d, tl.math.div_rn(1.0, d), True)
+        exact = divide(x, d, 0.0, False)
+        wrong = fast.to(tl.int32, bitcast=True) != exact.to(tl.int32, bitcast=True)
+        tl.atomic_add(count_ptr, tl.sum(wrong.to(tl.int32), axis=0))
+
+    count = torch.zeros((), dtype=torch.int32, device="cuda")
+    grid = (numerator_bits.numel(), triton.cdiv(divisor_bits.numel(), 4096))
+    kernel[grid](numerator_bits, divisor_bits, divisor_bits.numel(), count, BLOCK=4096, enable_fp_fusion=False)
+    return int(count.item())
+
+
+def test_fast_division_is_exact_for_every_bf16_numerator_and_divisor_significand():
+    """Division is invariant to power-of-two scaling away from under/overflow, so every bf16
+    significand (both signs) over every float32 significand covers all bf16 numerators on the
+    fast path's domain; float32 numerators are sampled. An overflowing quotient, outside the
+    domain, shows that the counter sees a mismatch."""
+    significands = 0x3F800000 + torch.arange(1 << 23, dtype=torch.int32, device="cuda")
+    bf16 = (torch.arange(1 << 7, dtype=torch.int32, device="cuda") << 16) | 0x3F800000
+    bf16 = torch.cat([bf16, bf16 | -0x80000000])
+    assert _division_mismatches(bf16, significands) == 0
+    fp32 = torch.randint(0x3F800000, 0x40000000, (4096,), dtype=torch.int32, device="cuda")
+    assert _division_mismatches(fp32, significands[torch.randperm(1 << 23, device="cuda")[: 1 << 18]]) == 0
+    huge = torch.tensor([0x7F400000], dtype=torch.int32, device="cuda")  # 1.5 * 2**127
+    assert _division_mismatches(huge, significands[:4096] - (2 << 23)) == 4096  # / [0.25, 0.5)

@@ -30,16 +30,18 @@ from ..reference.hadamard import sylvester_pm1
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
 from .nvfp4_math import (
-    e2m1_code,
-    e2m1_round,
+    accumulate_stats,
+    block_scale,
+    divide,
     e2m1_value,
     e4m3_bits,
-    e4m3_rne,
     e4m3_sr,
     e4m3_value,
+    fast_division_ok,
     pack_codes,
+    round_half_block,
     tensor_scale,
-    tree_sum128,
+    tree_sum8,
 )
 from .quantize import EXACT, Quantized
 
@@ -113,6 +115,42 @@ def _rotated_tile(
 
 
 @triton.jit
+def _halves(t):
+    """``[R, 128]`` -> the first and second eight elements of each 16-block, ``[R, 8, 8]`` each,
+    so that a block's work stays in one thread."""
+    pairs = tl.permute(tl.reshape(t, (t.shape[0], 8, 2, 8)), (0, 1, 3, 2))
+    return tl.split(pairs)
+
+
+@triton.jit
+def _block_uniforms(seed, r, group, cols):
+    """One uniform per block of a 128-group, ``[R, 8]``: block ``b`` of the tensor's row-major
+    block order takes output ``b % 4`` of Philox at offset ``b // 4`` (one draw of four per
+    four blocks)."""
+    quads = (r[:, None] * (cols // 64) + group * 2 + tl.arange(0, 2)[None, :]).to(tl.uint32)
+    u0, u1, u2, u3 = tl.rand4x(seed, quads)
+    return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (r.shape[0], 8))
+
+
+@triton.jit
+def _eden_blocks(lo, hi, s_t, value_max, uniforms, FAST: tl.constexpr):
+    """MS-EDEN of one group of 128 per row, as half-blocks ``[R, 8, 8]``: RTN with headroom,
+    the EDEN correction ``<u,u>/<u,q>`` over the group folded into the block scales, which are
+    then rounded to E4M3 with ``uniforms`` ``[R, 8]``."""
+    amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
+    target = divide(amax, value_max, tl.math.div_rn(1.0, value_max), FAST)
+    s_b, d, inv_d = block_scale(target, s_t, tl.math.div_rn(1.0, s_t), FAST)
+    u_lo, q_lo, code_lo = round_half_block(lo, d, inv_d, FAST)
+    u_hi, q_hi, code_hi = round_half_block(hi, d, inv_d, FAST)
+    numerator = tree_sum8(tree_sum8(u_lo * u_lo) + tree_sum8(u_hi * u_hi))
+    denominator = tree_sum8(tree_sum8(u_lo * q_lo) + tree_sum8(u_hi * q_hi))
+    safe = tl.where(denominator == 0.0, 1.0, denominator)
+    correction = tl.where(denominator == 0.0, 1.0, tl.math.div_rn(numerator, safe))
+    s_b = e4m3_sr(s_b * correction[:, None], uniforms)
+    return s_b, q_lo, q_hi, code_lo, code_hi
+
+
+@triton.jit
 def _ms_eden_kernel(
     src_ptr,
     src_scales_ptr,
@@ -122,7 +160,7 @@ def _ms_eden_kernel(
     cols,
     stride_r,
     stride_c,
-    amax_ptr,
+    stats_ptr,
     seed_ptr,
     codes_ptr,
     scales_ptr,
@@ -161,46 +199,36 @@ def _ms_eden_kernel(
         BLOCK_R,
     )
     if AMAX_PASS:
-        a = tl.abs(rot)
-        tl.atomic_max(amax_ptr, tl.max(tl.max(tl.where(a == a, a, float("inf")), axis=1), axis=0))
+        accumulate_stats(rot, stats_ptr)
         return
 
-    s_t = tensor_scale(tl.load(amax_ptr), value_max_times_scale_max)
+    s_t = tensor_scale(tl.load(stats_ptr), value_max_times_scale_max)
     if tl.program_id(0) == 0 and tl.program_id(1) == 0:
         tl.store(tensor_scale_ptr, s_t)
-    r64 = r.to(tl.int64)
-    c = c0 + tl.arange(0, 128)
-    xb = tl.reshape(rot, (BLOCK_R, 8, 16))
-    s_b = e4m3_rne(tl.math.div_rn(tl.math.div_rn(tl.max(tl.abs(xb), axis=2), value_max), s_t))
-    s_b = tl.where(s_b == 0.0, 1.0, s_b)
-    u = tl.math.div_rn(xb, (s_b * s_t)[:, :, None])
-    q = e2m1_round(u)
-    code = e2m1_code(q)
-    ug = tl.reshape(u, (BLOCK_R, 128))
-    numerator = tree_sum128(ug * ug)
-    denominator = tree_sum128(ug * tl.reshape(q, (BLOCK_R, 128)))
-    correction = tl.where(
-        denominator == 0.0, 1.0, tl.math.div_rn(numerator, tl.where(denominator == 0.0, 1.0, denominator))
-    )
+    lo, hi = _halves(rot)
     blocks = c0 // 16 + tl.arange(0, 8)
-    offsets = (r[:, None] * (cols // 16) + blocks[None, :]).to(tl.uint32)
-    uniforms = tl.rand(tl.load(seed_ptr), offsets)
-    s_b = e4m3_sr(s_b * correction[:, None], uniforms)
+    uniforms = _block_uniforms(tl.load(seed_ptr), r, tl.program_id(1), cols)
+    if fast_division_ok(stats_ptr, s_t):
+        s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, True)
+    else:
+        s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, False)
 
+    r64 = r.to(tl.int64)[:, None, None]
+    block_offsets = r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :]
+    mask = row_ok[:, None, None]
+    c = c0 + tl.arange(0, 8)[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
     if DEBUG:
-        tl.store(rotated_ptr + r64[:, None] * cols + c[None, :], rot, mask=row_ok[:, None])
-        tl.store(uniforms_ptr + r64[:, None] * (cols // 16) + blocks[None, :], uniforms, mask=row_ok[:, None])
+        tl.store(rotated_ptr + r64 * cols + c, lo, mask=mask)
+        tl.store(rotated_ptr + r64 * cols + c + 8, hi, mask=mask)
+        tl.store(uniforms_ptr + block_offsets, uniforms, mask=row_ok[:, None])
     if STORE_CODES:
-        half = c0 // 2 + tl.arange(0, 64)
-        tl.store(
-            codes_ptr + r64[:, None] * (cols // 2) + half[None, :],
-            pack_codes(tl.reshape(code, (BLOCK_R, 128))),
-            mask=row_ok[:, None],
-        )
-        tl.store(scales_ptr + r64[:, None] * (cols // 16) + blocks[None, :], e4m3_bits(s_b), mask=row_ok[:, None])
+        byte_ptrs = codes_ptr + r64 * (cols // 2) + c0 // 2 + tl.arange(0, 8)[None, :, None] * 8 + tl.arange(0, 4)
+        tl.store(byte_ptrs, pack_codes(code_lo), mask=mask)
+        tl.store(byte_ptrs + 4, pack_codes(code_hi), mask=mask)
+        tl.store(scales_ptr + block_offsets, e4m3_bits(s_b), mask=row_ok[:, None])
     if STORE_DEQ:
-        deq = tl.reshape(q * s_b[:, :, None], (BLOCK_R, 128))
-        tl.store(deq_ptr + r64[:, None] * cols + c[None, :], deq.to(tl.bfloat16), mask=row_ok[:, None])
+        tl.store(deq_ptr + r64 * cols + c, (q_lo * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
+        tl.store(deq_ptr + r64 * cols + c + 8, (q_hi * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
 
 
 def rotation_matrix(signs: Tensor) -> Tensor:
@@ -224,7 +252,8 @@ def ms_eden(
     ``operand``: a 2-D CUDA tensor, or a saved :class:`NVFP4Tensor` ``[rows, K]`` whose
     dequantized transpose ``[K, rows]`` is quantized (``transpose`` must then be true).
     ``seed``: int64 0-d device tensor for the Philox stream of the scale rounding (one draw
-    per block, offset ``row * (cols/16) + block``). ``debug``: filled with the kernel's
+    per block: block ``b = row * (cols/16) + column/16`` takes output ``b % 4`` of the draw at
+    offset ``b // 4``). ``debug``: filled with the kernel's
     ``rotated`` tensor and ``uniforms`` for bit-exact comparison with the reference.
     """
     packed = isinstance(operand, NVFP4Tensor)
@@ -248,7 +277,7 @@ def ms_eden(
     if debug is not None:
         rotated = debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
         uniforms = debug["uniforms"] = torch.empty(rows, cols // BLOCK, dtype=torch.float32, device=device)
-    amax = torch.zeros((), dtype=torch.float32, device=device)
+    stats = torch.zeros(2, dtype=torch.float32, device=device)
     s_t = torch.empty((), dtype=torch.float32, device=device)
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
     grid = (triton.cdiv(rows, MS_EDEN_CONFIG["BLOCK_R"]), cols // EDEN_GROUP)
@@ -263,7 +292,7 @@ def ms_eden(
             rows,
             cols,
             *strides,
-            amax,
+            stats,
             seed,
             out_codes,
             out_scales,

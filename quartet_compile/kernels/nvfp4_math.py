@@ -18,6 +18,59 @@ E4M3_MIN_NORMAL = tl.constexpr(0.015625)  # 2**-6
 # 2**-9 (the ulp of [2**14, 2**15)): the E4M3 subnormal grid. Subtracting it is exact.
 E4M3_SUBNORMAL_ROUNDER = tl.constexpr(16384.0)
 FP32_MIN_NORMAL = tl.constexpr(1.1754943508222875e-38)
+E2M1_MAGIC_MIN_BITS = tl.constexpr(0x4A800000)  # 2**22: float32 spacing 0.5, the grid's on [0, 2)
+
+
+FAST_DIVISION_MIN = tl.constexpr(2.0**-96)
+"""Smallest nonzero numerator for which :func:`divide`'s fast path is exact: below it the
+remainder ``x - d q`` can fall under float32's subnormal spacing."""
+FAST_DIVISION_MIN_BITS = tl.constexpr(0x0F800000)  # the float32 bits of 2**-96
+FAST_DIVISION_SCALE_MIN = tl.constexpr(2.0**-64)
+FAST_DIVISION_SCALE_MAX = tl.constexpr(2.0**64)
+"""Tensor scales for which every divisor of a block pass (``s_b s_t`` with ``s_b`` an E4M3
+value) and its reciprocal are normal floats far from overflow."""
+
+
+@triton.jit
+def accumulate_stats(a, stats_ptr):
+    """Fold float32 magnitudes ``a`` (any shape) into ``stats_ptr`` (pre-zeroed float32[2]):
+    ``[max a, 1 if some 0 < a < FAST_DIVISION_MIN]``, NaN counting as +inf. On the bit
+    patterns, where integer order is float order and NaN sorts above +inf: two integer
+    min/max per element."""
+    bits = a.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    top = tl.max(bits, axis=None)
+    amax = tl.where(top > 0x7F800000, 0x7F800000, top).to(tl.float32, bitcast=True)
+    # Zeros wrap to the largest unsigned value, so the minimum is that of the nonzero elements.
+    below_smallest_nonzero = tl.min((bits - 1).to(tl.uint32, bitcast=True), axis=None)
+    tiny = below_smallest_nonzero < (FAST_DIVISION_MIN_BITS - 1)
+    tl.atomic_max(stats_ptr, amax)
+    tl.atomic_max(stats_ptr + 1, tl.where(tiny, 1.0, 0.0))
+
+
+@triton.jit
+def fast_division_ok(stats_ptr, s_t):
+    """Whether every division of a block pass may take :func:`divide`'s fast path, given the
+    ``[amax, tiny]`` statistics of its input and its tensor scale."""
+    tiny = tl.load(stats_ptr + 1)
+    return (tiny == 0.0) & (s_t >= FAST_DIVISION_SCALE_MIN) & (s_t <= FAST_DIVISION_SCALE_MAX)
+
+
+@triton.jit
+def divide(x, d, inv_d, FAST: tl.constexpr):
+    """``RN(x / d)`` for ``d > 0``, bit-for-bit ``div_rn``. FAST: ``inv_d = RN(1/d)`` is
+    shared by a whole block, and two Newton corrections with exact FMA remainders replace
+    the per-element reciprocal and range check of ``div.rn`` (Markstein's theorem: a
+    correction from a faithful quotient with a reciprocal within half an ulp rounds
+    correctly). Exact when ``x`` is 0 or ``|x| >= FAST_DIVISION_MIN`` and ``d``, ``1/d`` are
+    normal; a quotient that underflows comes out subnormal (not necessarily the same one), which
+    the block passes round to a zero code and square to zero either way."""
+    if FAST:
+        q = x * inv_d
+        q = tl.fma(tl.fma(-d, q, x), inv_d, q)
+        q = tl.fma(tl.fma(-d, q, x), inv_d, q)
+        magnitude = q.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        return (magnitude | (x.to(tl.int32, bitcast=True) & -0x80000000)).to(tl.float32, bitcast=True)
+    return tl.math.div_rn(x, d)
 
 
 @triton.jit
@@ -71,26 +124,23 @@ def e4m3_value(bits):
 
 
 @triton.jit
-def e2m1_round(u):
-    """Round-to-nearest-even onto the E2M1 grid, saturating at 6, as a float32 carrying the
-    sign bit of ``u`` (``reference.formats.round_to_e2m1`` decoded). On [1, 6] the grid is
-    the floats with one mantissa bit, so an integer round-to-nearest-even of the bit pattern
-    does it; below 1 the grid is {0, 0.5, 1} with ties 0.25 -> 0 and 0.75 -> 1."""
+def e2m1_round_code(u):
+    """Round-to-nearest-even onto the E2M1 grid, saturating at 6 (``reference.formats.round_to_e2m1``):
+    the value as a float32 carrying the sign bit of ``u``, and the code (0..15).
+
+    Adding a power of two ``magic`` whose float32 spacing equals the grid spacing (0.5 on
+    [0, 2), 1 on [2, 4), 2 on [4, 6]) makes the FPU do the rounding, ties to even; the code
+    is then the number of grid steps above ``magic`` plus the codes below its binade.
+    """
     m = tl.minimum(tl.abs(u), 6.0)
-    b = m.to(tl.int32, bitcast=True)
-    normal = ((b + 0x1FFFFF + ((b >> 22) & 1)) & -0x400000).to(tl.float32, bitcast=True)
-    small = tl.where(m > 0.25, 0.5, 0.0) + tl.where(m >= 0.75, 0.5, 0.0)
-    q = tl.where(m < 1.0, small, normal).to(tl.int32, bitcast=True)
-    return (q | (u.to(tl.int32, bitcast=True) & -0x80000000)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def e2m1_code(q):
-    """Code (0..15) of a float32 that is an E2M1 value (an output of :func:`e2m1_round`)."""
-    b = q.to(tl.int32, bitcast=True)
-    magnitude = (b & 0x7FFFFFFF).to(tl.float32, bitcast=True)
-    code = tl.where(magnitude >= 1.0, ((b & 0x7FFFFFFF) >> 22) - 252, (magnitude * 2.0).to(tl.int32))
-    return code | ((b >> 28) & 8)
+    magic_bits = tl.maximum((m.to(tl.int32, bitcast=True) & 0x7F800000) + (22 << 23), E2M1_MAGIC_MIN_BITS)
+    magic = magic_bits.to(tl.float32, bitcast=True)
+    rounded = m + magic
+    sign = u.to(tl.int32, bitcast=True) & -0x80000000
+    q = ((rounded - magic).to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+    steps = rounded.to(tl.int32, bitcast=True) - magic_bits
+    code = steps + ((magic_bits - E2M1_MAGIC_MIN_BITS) >> 22)
+    return q, code | ((sign >> 28) & 8)
 
 
 @triton.jit
@@ -105,24 +155,37 @@ def e2m1_value(code):
 
 
 @triton.jit
+def block_scale(target, s_t, inv_s_t, FAST: tl.constexpr):
+    """E4M3 block scale ``s_b`` for a float32 target (1 where it rounds to 0, SPEC 1), the
+    divisor ``s_b s_t`` of its elements and that divisor's reciprocal for :func:`divide`."""
+    s_b = e4m3_rne(divide(target, s_t, inv_s_t, FAST))
+    s_b = tl.where(s_b == 0.0, 1.0, s_b)
+    d = s_b * s_t
+    return s_b, d, tl.math.div_rn(1.0, d)
+
+
+@triton.jit
+def round_half_block(x, d, inv_d, FAST: tl.constexpr):
+    """Half-blocks ``[R, NB, 8]`` divided by their block's divisor ``d`` ``[R, NB]`` and rounded
+    to E2M1: ``u``, the E2M1 values and the codes."""
+    u = divide(x, d[:, :, None], inv_d[:, :, None], FAST)
+    q, code = e2m1_round_code(u)
+    return u, q, code
+
+
+@triton.jit
 def pair_sum(t):
-    """``[A, 2n] -> [A, n]``: sums of adjacent pairs, one level of the reference's pairwise
-    ``tree_sum``. Kept 2-D: on 3-D/4-D views Triton shuffles the pairs through shared memory."""
-    lo, hi = tl.split(tl.reshape(t, (t.shape[0], t.shape[1] // 2, 2)))
+    """``[..., 2n] -> [..., n]``: sums of adjacent pairs along the last axis, one level of the
+    reference's pairwise ``tree_sum``."""
+    lo, hi = tl.split(tl.reshape(t, t.shape[:-1] + (t.shape[-1] // 2, 2)))
     return lo + hi
 
 
 @triton.jit
-def tree_sum16(t):
-    """``[A, 16 n] -> [A, n]``: the pairwise tree sum of each run of 16 (``reference.tree_sum``)."""
-    return pair_sum(pair_sum(pair_sum(pair_sum(t))))
-
-
-@triton.jit
-def tree_sum128(t):
-    """``[A, 128] -> [A]``: the same pairwise tree over one EDEN group."""
-    s = pair_sum(pair_sum(pair_sum(pair_sum(t))))
-    return tl.reshape(pair_sum(pair_sum(pair_sum(s))), (t.shape[0],))
+def tree_sum8(t):
+    """``[..., 8] -> [...]``: the pairwise tree sum of a half-block; two halves added give the
+    reference's ``tree_sum`` of the 16-element block."""
+    return tl.reshape(pair_sum(pair_sum(pair_sum(t))), t.shape[:-1])
 
 
 @triton.jit
@@ -136,6 +199,6 @@ def tensor_scale(amax, value_max_times_scale_max):
 
 @triton.jit
 def pack_codes(codes):
-    """``[R, 2n]`` codes -> ``[R, n]`` uint8 bytes, element 2i in the low nibble."""
-    lo, hi = tl.split(tl.reshape(codes, (codes.shape[0], codes.shape[1] // 2, 2)))
+    """``[..., 2n]`` codes -> ``[..., n]`` uint8 bytes, element 2i in the low nibble."""
+    lo, hi = tl.split(tl.reshape(codes, codes.shape[:-1] + (codes.shape[-1] // 2, 2)))
     return (lo | (hi << 4)).to(tl.uint8)

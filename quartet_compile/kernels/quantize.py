@@ -18,34 +18,79 @@ from torch import Tensor
 from ..reference.formats import E2M1_MAX, E4M3_MAX
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE_MAX
-from .nvfp4_math import e2m1_code, e2m1_round, e4m3_bits, e4m3_rne, pack_codes, tensor_scale, tree_sum16
+from .nvfp4_math import (
+    accumulate_stats,
+    block_scale,
+    divide,
+    e4m3_bits,
+    fast_division_ok,
+    pack_codes,
+    round_half_block,
+    tensor_scale,
+    tree_sum8,
+)
 
 EXACT = {"enable_fp_fusion": False}
 """Launch options of every kernel that must reproduce the reference's float32 rounding."""
 
-AMAX_CONFIG = {"BLOCK_SIZE": 4096, "num_warps": 8}
-QUANTIZE_CONFIG = {"BLOCK_R": 32, "BLOCK_C": 128, "num_warps": 4}
+AMAX_CONFIG = {"BLOCK_SIZE": 16384, "num_warps": 8}
+QUANTIZE_CONFIG = {"BLOCK_R": 8, "BLOCK_C": 256, "num_warps": 4}
 """Tiles of the two forward kernels (chosen with ``bench/kernels.py --tune``)."""
 
 
 @triton.jit
-def _amax_kernel(x_ptr, n, amax_ptr, BLOCK_SIZE: tl.constexpr):
-    """``max |x|`` into ``amax_ptr`` (pre-zeroed); NaN counts as +inf so that non-finite
-    input yields a NaN tensor scale downstream."""
+def _stats_kernel(x_ptr, n, stats_ptr, BLOCK_SIZE: tl.constexpr):
+    """``stats_ptr`` (pre-zeroed float32[2]) <- ``[max |x|, 1 if some 0 < |x| < FAST_DIVISION_MIN]``.
+    NaN counts as +inf so that non-finite input yields a NaN tensor scale downstream; the flag
+    sends the block pass to exact per-element division (:func:`nvfp4_math.divide`)."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    a = tl.abs(tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32))
-    a = tl.where(a == a, a, float("inf"))
-    tl.atomic_max(amax_ptr, tl.max(a, axis=0))
+    accumulate_stats(tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32), stats_ptr)
+
+
+def tensor_stats(x: Tensor) -> Tensor:
+    """float32 ``[amax, tiny]`` of :func:`_stats_kernel`, one read of ``x``."""
+    x = x.contiguous()
+    stats = torch.zeros(2, dtype=torch.float32, device=x.device)
+    if x.numel():
+        grid = (triton.cdiv(x.numel(), AMAX_CONFIG["BLOCK_SIZE"]),)
+        _stats_kernel[grid](x, x.numel(), stats, **AMAX_CONFIG)
+    return stats
 
 
 def tensor_amax(x: Tensor) -> Tensor:
-    """float32 0-d ``max |x|`` (``inf`` if ``x`` holds NaN or Inf), one read of ``x``."""
-    x = x.contiguous()
-    amax = torch.zeros((), dtype=torch.float32, device=x.device)
-    if x.numel():
-        grid = (triton.cdiv(x.numel(), AMAX_CONFIG["BLOCK_SIZE"]),)
-        _amax_kernel[grid](x, x.numel(), amax, **AMAX_CONFIG)
-    return amax
+    """float32 0-d ``max |x|`` (``inf`` if ``x`` holds NaN or Inf)."""
+    return tensor_stats(x)[0]
+
+
+@triton.jit
+def _round_half(x, s_b, d, inv_d, FAST: tl.constexpr):
+    """One half-block ``[R, NB, 8]`` divided by its block's ``d`` and rounded: E2M1 values,
+    codes, and the block's pairwise sum of squared errors ``((u - q) s_b)^2``."""
+    u, q, code = round_half_block(x, d, inv_d, FAST)
+    err = (u - q) * s_b[:, :, None]
+    return q, code, tree_sum8(err * err)
+
+
+@triton.jit
+def _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX: tl.constexpr, FAST: tl.constexpr):
+    """Blocks of 16 held as halves ``lo``, ``hi`` ``[R, NB, 8]`` float32 (so that one thread owns
+    a whole block) -> (E4M3 block scales ``[R, NB]``, E2M1 values and codes of both halves)."""
+    inv_s_t = tl.math.div_rn(1.0, s_t)
+    amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
+    target = divide(amax, value_max, tl.math.div_rn(1.0, value_max), FAST)
+    s_b, d, inv_d = block_scale(target, s_t, inv_s_t, FAST)
+    q_lo, code_lo, err_lo = _round_half(lo, s_b, d, inv_d, FAST)
+    q_hi, code_hi, err_hi = _round_half(hi, s_b, d, inv_d, FAST)
+    if FOUR_OVER_SIX:
+        s_alt, d_alt, inv_d_alt = block_scale(target * alt_factor, s_t, inv_s_t, FAST)
+        q_lo_alt, code_lo_alt, err_lo_alt = _round_half(lo, s_alt, d_alt, inv_d_alt, FAST)
+        q_hi_alt, code_hi_alt, err_hi_alt = _round_half(hi, s_alt, d_alt, inv_d_alt, FAST)
+        pick_alt = err_lo_alt + err_hi_alt < err_lo + err_hi
+        s_b = tl.where(pick_alt, s_alt, s_b)
+        pick = pick_alt[:, :, None]
+        q_lo, q_hi = tl.where(pick, q_lo_alt, q_lo), tl.where(pick, q_hi_alt, q_hi)
+        code_lo, code_hi = tl.where(pick, code_lo_alt, code_lo), tl.where(pick, code_hi_alt, code_hi)
+    return s_b, q_lo, q_hi, code_lo, code_hi
 
 
 @triton.jit
@@ -55,7 +100,7 @@ def _quantize_kernel(
     cols,
     stride_r,
     stride_c,
-    amax_ptr,
+    stats_ptr,
     codes_ptr,
     scales_ptr,
     deq_ptr,
@@ -69,54 +114,38 @@ def _quantize_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    NB: tl.constexpr = BLOCK_C // 16
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    r64 = r.to(tl.int64)
-    row_ok = r < rows
-    mask = row_ok[:, None] & (c < cols)[None, :]
-    x = tl.load(x_ptr + r64[:, None] * stride_r + c[None, :] * stride_c, mask=mask, other=0.0).to(tl.float32)
+    blocks = pid_c * NB + tl.arange(0, NB)
+    r64 = r.to(tl.int64)[:, None, None]
+    block_mask = (r < rows)[:, None] & (blocks < cols // 16)[None, :]
+    mask = block_mask[:, :, None]
+    c = blocks[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
+    lo_ptrs = x_ptr + r64 * stride_r + c * stride_c
+    lo = tl.load(lo_ptrs, mask=mask, other=0.0).to(tl.float32)
+    hi = tl.load(lo_ptrs + 8 * stride_c, mask=mask, other=0.0).to(tl.float32)
 
-    s_t = tensor_scale(tl.load(amax_ptr), value_max_times_scale_max)
+    s_t = tensor_scale(tl.load(stats_ptr), value_max_times_scale_max)
     if pid_r == 0 and pid_c == 0:
         tl.store(tensor_scale_ptr, s_t)
 
-    xb = tl.reshape(x, (BLOCK_R, BLOCK_C // 16, 16))
-    target = tl.math.div_rn(tl.max(tl.abs(xb), axis=2), value_max)
-    s_b = e4m3_rne(tl.math.div_rn(target, s_t))
-    s_b = tl.where(s_b == 0.0, 1.0, s_b)
-    u = tl.math.div_rn(xb, (s_b * s_t)[:, :, None])
-    q = e2m1_round(u)
-    if FOUR_OVER_SIX:
-        s_alt = e4m3_rne(tl.math.div_rn(target * alt_factor, s_t))
-        s_alt = tl.where(s_alt == 0.0, 1.0, s_alt)
-        u_alt = tl.math.div_rn(xb, (s_alt * s_t)[:, :, None])
-        q_alt = e2m1_round(u_alt)
-        d = tl.reshape((u - q) * s_b[:, :, None], (BLOCK_R, BLOCK_C))
-        d_alt = tl.reshape((u_alt - q_alt) * s_alt[:, :, None], (BLOCK_R, BLOCK_C))
-        pick_alt = tree_sum16(d_alt * d_alt) < tree_sum16(d * d)
-        s_b = tl.where(pick_alt, s_alt, s_b)
-        q = tl.where(pick_alt[:, :, None], q_alt, q)
-    code = e2m1_code(q)
+    if fast_division_ok(stats_ptr, s_t):
+        s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX, True)
+    else:
+        s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX, False)
 
     if STORE_CODES:
-        half = pid_c * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
-        packed = pack_codes(tl.reshape(code, (BLOCK_R, BLOCK_C)))
-        tl.store(
-            codes_ptr + r64[:, None] * (cols // 2) + half[None, :],
-            packed,
-            mask=row_ok[:, None] & (half < cols // 2)[None, :],
-        )
-        blocks = pid_c * (BLOCK_C // 16) + tl.arange(0, BLOCK_C // 16)
-        tl.store(
-            scales_ptr + r64[:, None] * (cols // 16) + blocks[None, :],
-            e4m3_bits(s_b),
-            mask=row_ok[:, None] & (blocks < cols // 16)[None, :],
-        )
+        byte_ptrs = codes_ptr + r64 * (cols // 2) + blocks[None, :, None] * 8 + tl.arange(0, 4)[None, None, :]
+        tl.store(byte_ptrs, pack_codes(code_lo), mask=mask)
+        tl.store(byte_ptrs + 4, pack_codes(code_hi), mask=mask)
+        scale_ptrs = scales_ptr + r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :]
+        tl.store(scale_ptrs, e4m3_bits(s_b), mask=block_mask)
     if STORE_DEQ:
-        deq = tl.reshape(q * s_b[:, :, None], (BLOCK_R, BLOCK_C))
-        tl.store(deq_ptr + r64[:, None] * cols + c[None, :], deq.to(tl.bfloat16), mask=mask)
+        deq_ptrs = deq_ptr + r64 * cols + c
+        tl.store(deq_ptrs, (q_lo * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
+        tl.store(deq_ptrs + 8, (q_hi * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
 
 
 @dataclass(frozen=True)
@@ -153,7 +182,7 @@ def quantize(
     out_scales = x.new_empty(rows, cols // BLOCK, dtype=torch.uint8) if codes else None
     deq = x.new_empty(rows, cols, dtype=torch.bfloat16) if unscaled_bf16 else None
     s_t = x.new_empty((), dtype=torch.float32)
-    amax = tensor_amax(x)
+    stats = tensor_stats(x)
     if x.numel():
         grid = (triton.cdiv(rows, QUANTIZE_CONFIG["BLOCK_R"]), triton.cdiv(cols, QUANTIZE_CONFIG["BLOCK_C"]))
         _quantize_kernel[grid](
@@ -162,7 +191,7 @@ def quantize(
             cols,
             x.stride(0),
             x.stride(1),
-            amax,
+            stats,
             out_codes,
             out_scales,
             deq,
