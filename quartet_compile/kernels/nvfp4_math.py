@@ -3,9 +3,10 @@
 
 Rounding to E4M3 is integer bit manipulation plus one exact float32 add, never a
 ``float32 -> float8e4nv`` conversion (the Triton interpreter mis-rounds those near powers
-of two). Every division is ``div_rn`` (Triton's ``/`` on float32 is approximate), and the
-kernels that call these helpers are launched with ``enable_fp_fusion=False`` so that no
-multiply-add is contracted into an FMA that the reference does not perform.
+of two). Every division is correctly rounded: ``div_rn`` (Triton's ``/`` on float32 is
+approximate) or the exact fast path of :func:`divide`. The kernels that call these helpers
+are launched with ``enable_fp_fusion=False`` so that no multiply-add is contracted into an
+FMA that the reference does not perform.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def divide(x, d, inv_d, FAST: tl.constexpr):
     shared by a whole block, and two Newton corrections with exact FMA remainders replace
     the per-element reciprocal and range check of ``div.rn`` (Markstein's theorem: a
     correction from a faithful quotient with a reciprocal within half an ulp rounds
-    correctly). Exact when ``x`` is 0 or ``|x| >= FAST_DIVISION_MIN`` and ``d``, ``1/d`` are
-    normal; a quotient that underflows comes out subnormal (not necessarily the same one), which
-    the block passes round to a zero code and square to zero either way."""
+    correctly). Exact when ``x`` is 0 or ``|x| >= FAST_DIVISION_MIN``, ``d`` and ``1/d`` are
+    normal and the quotient is finite; a quotient that underflows comes out subnormal (not
+    necessarily the same one), which the block passes round to a zero code and square to
+    zero either way."""
     if FAST:
         q = x * inv_d
         q = tl.fma(tl.fma(-d, q, x), inv_d, q)
