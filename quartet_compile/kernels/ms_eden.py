@@ -32,14 +32,13 @@ from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
-    divide,
+    block_target,
     e2m1_value,
-    e4m3_bits,
     e4m3_sr,
     e4m3_value,
     fast_division_ok,
-    pack_codes,
     round_half_block,
+    store_half_blocks,
     tensor_scale,
     tree_sum8,
 )
@@ -137,8 +136,7 @@ def _eden_blocks(lo, hi, s_t, value_max, uniforms, FAST: tl.constexpr):
     """MS-EDEN of one group of 128 per row, as half-blocks ``[R, 8, 8]``: RTN with headroom,
     the EDEN correction ``<u,u>/<u,q>`` over the group folded into the block scales, which are
     then rounded to E4M3 with ``uniforms`` ``[R, 8]``."""
-    amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
-    target = divide(amax, value_max, tl.math.div_rn(1.0, value_max), FAST)
+    target = block_target(lo, hi, value_max, FAST)
     s_b, d, inv_d = block_scale(target, s_t, tl.math.div_rn(1.0, s_t), FAST)
     u_lo, q_lo, code_lo = round_half_block(lo, d, inv_d, FAST)
     u_hi, q_hi, code_hi = round_half_block(hi, d, inv_d, FAST)
@@ -213,22 +211,29 @@ def _ms_eden_kernel(
     else:
         s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, False)
 
-    r64 = r.to(tl.int64)[:, None, None]
-    block_offsets = r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :]
-    mask = row_ok[:, None, None]
-    c = c0 + tl.arange(0, 8)[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
+    mask = tl.broadcast_to(row_ok[:, None], (BLOCK_R, 8))
     if DEBUG:
-        tl.store(rotated_ptr + r64 * cols + c, lo, mask=mask)
-        tl.store(rotated_ptr + r64 * cols + c + 8, hi, mask=mask)
-        tl.store(uniforms_ptr + block_offsets, uniforms, mask=row_ok[:, None])
-    if STORE_CODES:
-        byte_ptrs = codes_ptr + r64 * (cols // 2) + c0 // 2 + tl.arange(0, 8)[None, :, None] * 8 + tl.arange(0, 4)
-        tl.store(byte_ptrs, pack_codes(code_lo), mask=mask)
-        tl.store(byte_ptrs + 4, pack_codes(code_hi), mask=mask)
-        tl.store(scales_ptr + block_offsets, e4m3_bits(s_b), mask=row_ok[:, None])
-    if STORE_DEQ:
-        tl.store(deq_ptr + r64 * cols + c, (q_lo * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
-        tl.store(deq_ptr + r64 * cols + c + 8, (q_hi * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
+        c = c0 + tl.arange(0, 8)[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
+        rotated_ptrs = rotated_ptr + r.to(tl.int64)[:, None, None] * cols + c
+        tl.store(rotated_ptrs, lo, mask=mask[:, :, None])
+        tl.store(rotated_ptrs + 8, hi, mask=mask[:, :, None])
+        tl.store(uniforms_ptr + r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :], uniforms, mask=mask)
+    store_half_blocks(
+        codes_ptr,
+        scales_ptr,
+        deq_ptr,
+        r,
+        blocks,
+        cols,
+        mask,
+        s_b,
+        q_lo,
+        q_hi,
+        code_lo,
+        code_hi,
+        STORE_CODES,
+        STORE_DEQ,
+    )
 
 
 def rotation_matrix(signs: Tensor) -> Tensor:

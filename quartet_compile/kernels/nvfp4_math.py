@@ -157,6 +157,13 @@ def e2m1_value(code):
 
 
 @triton.jit
+def block_target(lo, hi, value_max, FAST: tl.constexpr):
+    """Target scale ``max |block| / value_max`` of blocks held as halves ``[R, NB, 8]``."""
+    amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
+    return divide(amax, value_max, tl.math.div_rn(1.0, value_max), FAST)
+
+
+@triton.jit
 def block_scale(target, s_t, inv_s_t, FAST: tl.constexpr):
     """E4M3 block scale ``s_b`` for a float32 target (1 where it rounds to 0, SPEC 1), the
     divisor ``s_b s_t`` of its elements and that divisor's reciprocal for :func:`divide`."""
@@ -173,6 +180,38 @@ def round_half_block(x, d, inv_d, FAST: tl.constexpr):
     u = divide(x, d[:, :, None], inv_d[:, :, None], FAST)
     q, code = e2m1_round_code(u)
     return u, q, code
+
+
+@triton.jit
+def store_half_blocks(
+    codes_ptr,
+    scales_ptr,
+    deq_ptr,
+    r,
+    blocks,
+    cols,
+    mask,
+    s_b,
+    q_lo,
+    q_hi,
+    code_lo,
+    code_hi,
+    STORE_CODES: tl.constexpr,
+    STORE_DEQ: tl.constexpr,
+):
+    """Write quantized blocks of rows ``r`` and block columns ``blocks`` (``mask`` ``[R, NB]``):
+    packed codes and E4M3 scale bytes of the NVFP4 layout, and/or the unscaled bf16 operand."""
+    r64 = r.to(tl.int64)[:, None]
+    half_mask = mask[:, :, None]
+    if STORE_CODES:
+        byte_ptrs = codes_ptr + (r64 * (cols // 2) + blocks[None, :] * 8)[:, :, None] + tl.arange(0, 4)[None, None, :]
+        tl.store(byte_ptrs, pack_codes(code_lo), mask=half_mask)
+        tl.store(byte_ptrs + 4, pack_codes(code_hi), mask=half_mask)
+        tl.store(scales_ptr + r64 * (cols // 16) + blocks[None, :], e4m3_bits(s_b), mask=mask)
+    if STORE_DEQ:
+        deq_ptrs = deq_ptr + (r64 * cols + blocks[None, :] * 16)[:, :, None] + tl.arange(0, 8)[None, None, :]
+        tl.store(deq_ptrs, (q_lo * s_b[:, :, None]).to(tl.bfloat16), mask=half_mask)
+        tl.store(deq_ptrs + 8, (q_hi * s_b[:, :, None]).to(tl.bfloat16), mask=half_mask)
 
 
 @triton.jit

@@ -21,11 +21,10 @@ from ..reference.quantizers import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
-    divide,
-    e4m3_bits,
+    block_target,
     fast_division_ok,
-    pack_codes,
     round_half_block,
+    store_half_blocks,
     tensor_scale,
     tree_sum8,
 )
@@ -76,8 +75,7 @@ def _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX: tl.const
     """Blocks of 16 held as halves ``lo``, ``hi`` ``[R, NB, 8]`` float32 (so that one thread owns
     a whole block) -> (E4M3 block scales ``[R, NB]``, E2M1 values and codes of both halves)."""
     inv_s_t = tl.math.div_rn(1.0, s_t)
-    amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
-    target = divide(amax, value_max, tl.math.div_rn(1.0, value_max), FAST)
+    target = block_target(lo, hi, value_max, FAST)
     s_b, d, inv_d = block_scale(target, s_t, inv_s_t, FAST)
     q_lo, code_lo, err_lo = _round_half(lo, s_b, d, inv_d, FAST)
     q_hi, code_hi, err_hi = _round_half(hi, s_b, d, inv_d, FAST)
@@ -136,16 +134,22 @@ def _quantize_kernel(
     else:
         s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX, False)
 
-    if STORE_CODES:
-        byte_ptrs = codes_ptr + r64 * (cols // 2) + blocks[None, :, None] * 8 + tl.arange(0, 4)[None, None, :]
-        tl.store(byte_ptrs, pack_codes(code_lo), mask=mask)
-        tl.store(byte_ptrs + 4, pack_codes(code_hi), mask=mask)
-        scale_ptrs = scales_ptr + r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :]
-        tl.store(scale_ptrs, e4m3_bits(s_b), mask=block_mask)
-    if STORE_DEQ:
-        deq_ptrs = deq_ptr + r64 * cols + c
-        tl.store(deq_ptrs, (q_lo * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
-        tl.store(deq_ptrs + 8, (q_hi * s_b[:, :, None]).to(tl.bfloat16), mask=mask)
+    store_half_blocks(
+        codes_ptr,
+        scales_ptr,
+        deq_ptr,
+        r,
+        blocks,
+        cols,
+        block_mask,
+        s_b,
+        q_lo,
+        q_hi,
+        code_lo,
+        code_hi,
+        STORE_CODES,
+        STORE_DEQ,
+    )
 
 
 @dataclass(frozen=True)
