@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
+from quantizer_breakdown import kernel_times_us
 from triton.testing import do_bench
 
 from quartet_compile.config import QuartetConfig
 from quartet_compile.kernels import gemm as gemm_module
 from quartet_compile.kernels import ms_eden as ms_eden_module
 from quartet_compile.kernels import quantize as quantize_module
-from quartet_compile.kernels.gemm import cublas_gemm, dequant_gemm
+from quartet_compile.kernels.gemm import cublas_gemm, dequant_gemm, tma_gemm
 from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
 from quartet_compile.kernels.quantize import quantize, tensor_amax
 from quartet_compile.ops import op_arguments, quartet_linear_op
@@ -93,49 +94,69 @@ def gemm_rows(shapes: list[tuple[int, int, int]]) -> list[dict]:
         a, b = _operands(m, n, k)
         flop = 2 * m * n * k
         bf16 = median_ms(lambda a=a, b=b: torch.mm(a.unscaled_bf16, b.unscaled_bf16.T))
-        triton_ms = median_ms(lambda a=a, b=b: dequant_gemm(a.fp4, b.fp4, torch.bfloat16))
-        cublas_ms = median_ms(
-            lambda a=a, b=b: cublas_gemm(
-                a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, torch.bfloat16
-            )
-        )
-        rows.append(
-            {
-                "M": m,
-                "N": n,
-                "K": k,
-                "cublas_bf16_tflops": flop / bf16 / 1e9,
-                "nvfp4_triton_tflops": flop / triton_ms / 1e9,
-                "nvfp4_cublas_route_tflops": flop / cublas_ms / 1e9,
-                "triton_of_bf16": bf16 / triton_ms,
-                "cublas_route_of_bf16": bf16 / cublas_ms,
-            }
-        )
+        row = {"M": m, "N": n, "K": k, "cublas_bf16_tflops": flop / bf16 / 1e9}
+        for name, fn in [
+            ("triton", lambda a=a, b=b: dequant_gemm(a.fp4, b.fp4, torch.bfloat16)),
+            ("cublas_route", lambda a=a, b=b, g=cublas_gemm: _unscaled(g, a, b)),
+            ("tma", lambda a=a, b=b, g=tma_gemm: _unscaled(g, a, b)),
+        ]:
+            ms = median_ms(fn)
+            row[f"nvfp4_{name}_tflops"] = flop / ms / 1e9
+            row[f"{name}_of_bf16"] = bf16 / ms
+        rows.append(row)
         del a, b
     return rows
 
 
-def tune_dequant_gemm(m: int = 8192, n: int = 8192, k: int = 8192) -> list[dict]:
-    a, b = _operands(m, n, k)
-    rows = []
-    for bm, bn, bk, warps, stages in [
-        (128, 128, 128, 8, 3),
-        (128, 256, 128, 8, 3),
-        (128, 256, 64, 8, 4),
-        (256, 128, 128, 8, 3),
-        (128, 128, 256, 8, 2),
-        (128, 128, 128, 4, 4),
-        (64, 256, 128, 8, 3),
-    ]:
-        cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
-        gemm_module.DEQUANT_GEMM_CONFIG.update(cfg)
+GEMMS = ("triton", "cublas_route", "tma")
+
+
+def _unscaled(gemm, a, b):
+    return gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, torch.bfloat16)
+
+
+def _tune_gemm(name: str, config: dict, fn, candidates: list[dict], flop: int) -> list[dict]:
+    """Time ``fn`` under each tile config written into ``config``; restore it afterwards."""
+    saved, rows = dict(config), []
+    for candidate in candidates:
+        config.update(candidate)
         try:
-            ms = median_ms(lambda: dequant_gemm(a.fp4, b.fp4, torch.bfloat16))
-            rows.append({**cfg, "tflops": 2 * m * n * k / ms / 1e9})
+            rows.append({"kernel": name, **candidate, "tflops": flop / median_ms(fn) / 1e9})
         except Exception as error:  # a config that does not fit shared memory is reported, not fatal
-            rows.append({**cfg, "error": str(error)[:200]})
+            rows.append({"kernel": name, **candidate, "error": str(error)[:200]})
         print(rows[-1], flush=True)
+    config.update(saved)
     return rows
+
+
+def tune_gemms(m: int = 8192, n: int = 8192, k: int = 8192) -> list[dict]:
+    a, b = _operands(m, n, k)
+    dequant = [
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
+        for bm, bn, bk, warps, stages in [
+            (128, 128, 128, 8, 3),
+            (128, 256, 128, 8, 3),
+            (128, 256, 64, 8, 4),
+            (256, 128, 128, 8, 3),
+            (128, 128, 256, 8, 2),
+            (128, 128, 128, 4, 4),
+            (64, 256, 128, 8, 3),
+        ]
+    ]
+    tma = [
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
+        for bm, bn, bk, warps, stages in [
+            (128, 256, 64, 8, 4),
+            (128, 256, 64, 8, 3),
+            (256, 128, 64, 8, 3),
+            (128, 128, 64, 8, 4),
+            (128, 128, 128, 8, 3),
+        ]
+    ]
+    flop = 2 * m * n * k
+    return _tune_gemm(
+        "dequant", gemm_module.DEQUANT_GEMM_CONFIG, lambda: dequant_gemm(a.fp4, b.fp4, torch.bfloat16), dequant, flop
+    ) + _tune_gemm("tma", gemm_module.TMA_GEMM_CONFIG, lambda: _unscaled(tma_gemm, a, b), tma, flop)
 
 
 def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
@@ -155,13 +176,12 @@ def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
             for name, fn in [("rtn", lambda: quantize(x)), ("4/6", lambda: quantize(x, four_over_six=True))]
         ]
         + [
-            (
-                ms_eden_module.MS_EDEN_CONFIG,
-                {"BLOCK_R": r, "num_warps": w},
-                "ms-eden",
-                lambda: ms_eden(x, rotation, seed),
-            )
-            for r, w in [(64, 4), (64, 8), (128, 8)]
+            (ms_eden_module.MS_EDEN_CONFIG, {"BLOCK_R": r, "num_warps": w, "maxnreg": regs}, name, fn)
+            for r, w, regs in [(64, 4, None), (64, 8, None), (128, 8, None), (64, 8, 128), (64, 4, 168)]
+            for name, fn in [
+                ("ms-eden: codes", lambda: ms_eden(x, rotation, seed)),
+                ("ms-eden: bf16 operand", lambda: ms_eden(x, rotation, seed, codes=False, unscaled_bf16=True)),
+            ]
         ]
     )
     for target, config, name, fn in candidates:
@@ -174,7 +194,9 @@ def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
 
 
 def linear_row(tokens: int = 16384, features: int = 4096) -> dict:
-    """quartet2 forward+backward through the custom ops vs ``F.linear`` in bf16 (cuBLAS)."""
+    """quartet2 forward+backward through the custom ops vs ``F.linear`` in bf16 (cuBLAS): wall
+    time per call (launch gaps included, as a user without CUDA graphs sees them) and the sum
+    of its kernels' device times (what CUDA graphs would leave)."""
     x = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(features, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16)
@@ -187,20 +209,17 @@ def linear_row(tokens: int = 16384, features: int = 4096) -> dict:
 
         return run
 
-    bf16 = median_ms(step(lambda x, w: F.linear(x, w)))
-    quartet = median_ms(step(lambda x, w: quartet_linear_op(x, w, **kwargs)))
-    fwd_bf16 = median_ms(lambda: F.linear(x, w))
-    fwd_quartet = median_ms(lambda: quartet_linear_op(x, w, **kwargs))
-    return {
-        "T": tokens,
-        "K": features,
-        "N": features,
-        "bf16_ms": bf16,
-        "quartet2_ms": quartet,
-        "ratio": quartet / bf16,
-        "forward_bf16_ms": fwd_bf16,
-        "forward_quartet2_ms": fwd_quartet,
-    }
+    bf16, quartet = step(lambda x, w: F.linear(x, w)), step(lambda x, w: quartet_linear_op(x, w, **kwargs))
+    row = {"T": tokens, "K": features, "N": features, "bf16_ms": median_ms(bf16), "quartet2_ms": median_ms(quartet)}
+    row["ratio"] = row["quartet2_ms"] / row["bf16_ms"]
+    for name, fn in [("bf16", bf16), ("quartet2", quartet)]:
+        kernels = kernel_times_us(fn)
+        row[f"{name}_kernel_ms"] = sum(us for _, us in kernels) / 1e3
+        row[f"{name}_launches"] = len(kernels)
+    row["kernel_ratio"] = row["quartet2_kernel_ms"] / row["bf16_kernel_ms"]
+    row["forward_bf16_ms"] = median_ms(lambda: F.linear(x, w))
+    row["forward_quartet2_ms"] = median_ms(lambda: quartet_linear_op(x, w, **kwargs))
+    return row
 
 
 def _markdown(results: dict) -> str:
@@ -219,21 +238,30 @@ def _markdown(results: dict) -> str:
     ]
     lines += [
         "",
-        "| M | N | K | cuBLAS bf16 TFLOP/s | NVFP4 Triton | of bf16 | NVFP4 cuBLAS route | of bf16 |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "TFLOP/s of each NVFP4 GEMM and its share of cuBLAS bf16 on the same shape. Shipped: the TMA "
+        "GEMM of the unscaled operands (sm_90+), else the cuBLAS route.",
+        "",
+        "| M | N | K | cuBLAS bf16 | dequant Triton | of bf16 | cuBLAS route | of bf16 | TMA (shipped) | of bf16 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {r['M']} | {r['N']} | {r['K']} | {r['cublas_bf16_tflops']:.0f} | {r['nvfp4_triton_tflops']:.0f} | "
-        f"{r['triton_of_bf16']:.0%} | {r['nvfp4_cublas_route_tflops']:.0f} | {r['cublas_route_of_bf16']:.0%} |"
+        f"| {r['M']} | {r['N']} | {r['K']} | {r['cublas_bf16_tflops']:.0f} | "
+        + " | ".join(f"{r[f'nvfp4_{g}_tflops']:.0f} | {r[f'{g}_of_bf16']:.0%}" for g in GEMMS)
+        + " |"
         for r in results["gemms"]
     ]
     lin = results["linear"]
     lines += [
         "",
-        "| linear fwd+bwd (T, K, N) | bf16 ms | quartet2 ms | ratio | fwd bf16 ms | fwd quartet2 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "Linear layer: wall time per call, and the sum of its kernels' device times (launches).",
+        "",
+        "| linear fwd+bwd (T, K, N) | bf16 ms | quartet2 ms | ratio | bf16 kernels ms | quartet2 kernels ms "
+        "| ratio | fwd bf16 ms | fwd quartet2 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {lin['T']}, {lin['K']}, {lin['N']} | {lin['bf16_ms']:.3f} | {lin['quartet2_ms']:.3f} | "
-        f"{lin['ratio']:.2f} | {lin['forward_bf16_ms']:.3f} | {lin['forward_quartet2_ms']:.3f} |",
+        f"{lin['ratio']:.2f} | {lin['bf16_kernel_ms']:.3f} ({lin['bf16_launches']}) | "
+        f"{lin['quartet2_kernel_ms']:.3f} ({lin['quartet2_launches']}) | {lin['kernel_ratio']:.2f} | "
+        f"{lin['forward_bf16_ms']:.3f} | {lin['forward_quartet2_ms']:.3f} |",
     ]
     return "\n".join(lines) + "\n"
 
@@ -241,7 +269,7 @@ def _markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--tune", action="store_true", help="also time tile configs of the Triton GEMM")
+    parser.add_argument("--tune", action="store_true", help="also time tile configs of the Triton kernels")
     args = parser.parse_args()
     torch.manual_seed(0)
     copy_gbs = copy_bandwidth()
@@ -255,11 +283,11 @@ def main() -> None:
         },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "dequant_gemm_config": dict(gemm_module.DEQUANT_GEMM_CONFIG),
+        "tma_gemm_config": dict(gemm_module.TMA_GEMM_CONFIG),
         "copy_GBps": copy_gbs,
     }
     if args.tune:
-        results["tuning"] = tune_dequant_gemm() + tune_quantizers()
-        gemm_module.DEQUANT_GEMM_CONFIG.update(results["dequant_gemm_config"])
+        results["tuning"] = tune_gemms() + tune_quantizers()
     results["quantizers"] = quantizer_rows(copy_gbs)
     shapes = [(8192, 8192, 8192)] + [(LLAMA_1B_TOKENS, n, k) for k in LLAMA_1B_FEATURES for n in LLAMA_1B_FEATURES]
     results["gemms"] = gemm_rows(shapes)

@@ -26,6 +26,7 @@ from quartet_compile.reference import (
     round_to_e4m3,
     stochastic_round_to_e4m3,
 )
+from quartet_compile.reference.hadamard import sylvester_pm1
 
 
 def _inputs(rows: int, cols: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
@@ -150,6 +151,10 @@ def forward_quantize(generator: torch.Generator) -> None:
 def ms_eden_stage(generator: torch.Generator) -> None:
     signs = random_signs(128, generator, torch.device("cpu"))
     rotation = rotation_matrix(signs)
+    assert torch.equal(rotation, (signs[:, None] * sylvester_pm1(128)).bfloat16())
+    for n in (1, 2, 16, 512):  # the in-kernel parity against the tensor-op Sylvester matrix
+        small = random_signs(n, generator, torch.device("cpu"))
+        assert torch.equal(rotation_matrix(small), (small[:, None] * sylvester_pm1(n)).bfloat16())
     seed = torch.randint(0, 2**62, (), generator=generator)
     g = _inputs(64, 256, torch.float32, generator)
     packed = quantize(_inputs(128, 48, torch.float32, generator), four_over_six=True).fp4

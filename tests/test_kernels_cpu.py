@@ -81,6 +81,34 @@ def test_hopper_gemm_uses_wgmma_on_bf16():
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", compiled.asm["ptx"])
 
 
+@pytest.mark.parametrize("out", ["bf16", "fp32"])
+def test_hopper_tma_gemm_is_fed_by_tma_and_stores_through_it(out):
+    """The shipped Hopper GEMM: TMA tile loads into wgmma, the scaled tile stored by TMA, with
+    the shared-memory budget of its pipeline (one stage less for float32 outputs) fitting."""
+    constexprs, options = _split(gemm.TMA_GEMM_CONFIG)
+    bm, bn, bk = (constexprs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    if out == "fp32":
+        options["num_stages"] -= 1
+    signature = {
+        "a_desc": f"tensordesc<bf16[{bm}, {bk}]>",
+        "b_desc": f"tensordesc<bf16[{bn}, {bk}]>",
+        "c_desc": f"tensordesc<{out}[{bm}, {bn // 2}]>",
+        "scale_a_ptr": "*fp32",
+        "scale_b_ptr": "*fp32",
+        "bias_ptr": "*bf16",
+        "M": "i32",
+        "N": "i32",
+        "K": "i32",
+        "programs": "i32",
+    }
+    compiled = _compile(gemm._tma_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 90, **options)
+    ptx = compiled.asm["ptx"]
+    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
+    assert re.search(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global", ptx)
+    assert re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared::cta", ptx)
+    assert compiled.metadata.shared <= 227 * 1024
+
+
 @triton.jit
 def _multiply_add_kernel(a_ptr, b_ptr, c_ptr, out_ptr):
     tl.store(out_ptr, tl.load(a_ptr) * tl.load(b_ptr) + tl.load(c_ptr))

@@ -13,6 +13,7 @@ from quartet_compile.reference import (
     random_signs,
     rht,
 )
+from quartet_compile.reference.hadamard import sylvester_pm1
 from quartet_compile.reference.linear import Saved
 from quartet_compile.reference.linear import linear_forward as reference_forward
 
@@ -78,6 +79,7 @@ def test_ms_eden_quantization_stage_is_bit_identical(source):
     from quartet_compile.kernels.quantize import quantize
 
     signs = random_signs(128, None, torch.device("cuda"))
+    assert torch.equal(rotation_matrix(signs).float(), signs[:, None] * sylvester_pm1(128, "cuda"))
     seed = torch.randint(0, 2**62, (), device="cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "packed": torch.float32}
     x = _fresh(384, 1024, dtype[source.split(".")[0]], spread=1.0)
@@ -135,23 +137,56 @@ def _gemm_operands(m: int, n: int, k: int) -> tuple:
     return a, b, exact
 
 
-@pytest.mark.parametrize("m,n,k", [(128, 128, 128), (300, 200, 256), (1000, 384, 1024), (64, 256, 16384), (8, 8, 4096)])
-@pytest.mark.parametrize("route", ["triton", "cublas"])
+def _poison_next_output(rows: int, cols: int, dtype: torch.dtype) -> None:
+    """Free a NaN-filled block of the output's size, which the caching allocator hands to the
+    next ``torch.empty`` of that size: an output tile that a kernel never writes stays NaN."""
+    torch.full((rows, cols), float("nan"), dtype=dtype, device="cuda")
+
+
+@pytest.mark.parametrize(
+    "m,n,k", [(128, 128, 128), (300, 200, 256), (1000, 384, 1024), (64, 256, 16384), (8, 8, 4096), (4096, 2304, 256)]
+)
+@pytest.mark.parametrize("route", ["triton", "cublas", "tma"])
 def test_gemm_equals_float64_product(m, n, k, route):
-    from quartet_compile.kernels.gemm import cublas_gemm, dequant_gemm
+    from quartet_compile.kernels.gemm import cublas_gemm, dequant_gemm, tma_gemm
 
     a, b, exact = _gemm_operands(m, n, k)
     bias = torch.randn(n, device="cuda")
-    if route == "triton":
-        out = dequant_gemm(a.fp4, b.fp4, torch.float32, bias)
-    else:
-        out = cublas_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, torch.float32, bias)
+
+    def run(out_dtype, bias=None):
+        _poison_next_output(m, n, out_dtype)
+        if route == "triton":
+            return dequant_gemm(a.fp4, b.fp4, out_dtype, bias)
+        gemm = cublas_gemm if route == "cublas" else tma_gemm
+        return gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
+
+    out = run(torch.float32, bias)
     expected = exact + bias
     assert torch.isfinite(out).all()
     assert ((out - expected).norm() / expected.norm()).item() < 1e-5
-    if route == "triton":
-        out_bf16 = dequant_gemm(a.fp4, b.fp4, torch.bfloat16)
-        assert ((out_bf16.float() - exact).norm() / exact.norm()).item() < 4e-3
+    out_bf16 = run(torch.bfloat16)
+    assert ((out_bf16.float() - exact).norm() / exact.norm()).item() < 4e-3
+
+
+def test_unscaled_gemm_takes_tma_where_it_can_and_cublas_elsewhere():
+    """The router: TMA for aligned row-major operands on Hopper, cuBLAS for a transposed
+    operand view or output rows that are not 16-byte aligned; the same product either way.
+    (The (4096, 2304) case of the test above gives each persistent TMA program several tiles.)"""
+    from quartet_compile.kernels.gemm import tma_compatible, unscaled_gemm
+
+    for n, out_dtype, transposed, expect_tma in [
+        (256, torch.bfloat16, False, True),
+        (12, torch.bfloat16, False, False),
+        (12, torch.float32, False, True),
+        (256, torch.bfloat16, True, False),
+    ]:
+        a, b, exact = _gemm_operands(192, n, 512)
+        b_unscaled = b.unscaled_bf16.T.contiguous().T if transposed else b.unscaled_bf16
+        capable = torch.cuda.get_device_capability() >= (9, 0)
+        assert tma_compatible(a.unscaled_bf16, b_unscaled, out_dtype) == (expect_tma and capable)
+        out = unscaled_gemm(a.unscaled_bf16, b_unscaled, a.tensor_scale, b.tensor_scale, out_dtype).float()
+        tolerance = 1e-5 if out_dtype == torch.float32 else 4e-3
+        assert ((out - exact).norm() / exact.norm()).item() < tolerance
 
 
 def test_kernel_linear_forward_matches_reference():

@@ -1,16 +1,19 @@
 """NVFP4 GEMM ``C = deq(A) deq(B)^T * (s_A s_B) [+ bias]`` with float32 accumulation.
 
-Three implementations of one product:
+Four implementations of one product:
 
 * :func:`_dequant_gemm_kernel` (Hopper, any CUDA GPU): dequantizes packed nibbles and E4M3
   scales to bf16 in registers (``e2m1 * s_b`` is exact in bf16) and feeds bf16 ``tl.dot``
   (wgmma). K-permutation: the low nibbles of A and B form one half-K product and the high
   nibbles the other, so no nibble interleaving is needed; both halves use scale ``j // 8``.
-* the cuBLAS route: the quantize kernels also write the exact unscaled bf16 operands, cuBLAS
-  multiplies them into float32, and one epilogue kernel applies ``s_A s_B``, bias and cast.
+* the unscaled-operand routes: the quantize kernels also write the exact unscaled bf16
+  operands ``e2m1 * s_b``, and a bf16 GEMM multiplies them. :func:`tma_gemm` (sm_90+) is a
+  persistent Triton GEMM fed by TMA with ``s_A s_B``, bias and cast fused into its epilogue;
+  :func:`cublas_gemm` (any CUDA GPU) lets cuBLAS write float32 and applies them in a second
+  pass. :func:`unscaled_gemm` picks between them.
 * :mod:`.blackwell`: native ``tcgen05.mma ... kind::mxf4nvf4.block_scale`` on sm_100.
 
-All three equal the float64 product of the dequantized operands up to float32 accumulation.
+All four equal the float64 product of the dequantized operands up to float32 accumulation.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..reference.nvfp4 import NVFP4Tensor
 
@@ -51,6 +55,16 @@ def scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, str
 
 
 @triton.jit
+def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
+    """(row, column) tile of linear index ``tile``, walking ``GROUP_M`` tile rows at a time so
+    that programs running together share operand tiles in L2."""
+    width = GROUP_M * grid_n
+    first_m = (tile // width) * GROUP_M
+    size_m = min(grid_m - first_m, GROUP_M)
+    return first_m + (tile % size_m), (tile % width) // size_m
+
+
+@triton.jit
 def _dequant_gemm_kernel(
     a_ptr,
     a_scales_ptr,
@@ -70,14 +84,7 @@ def _dequant_gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * grid_n)
-    first_m = group * GROUP_M
-    size_m = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % size_m)
-    pid_n = (pid % (GROUP_M * grid_n)) // size_m
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_load = tl.where(m < M, m, 0).to(tl.int64)
@@ -99,6 +106,53 @@ def _dequant_gemm_kernel(
         sa_rows += BLOCK_K // 16
         sb_rows += BLOCK_K // 16
     scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_cm, HAS_BIAS)
+
+
+@triton.jit
+def _scaled(acc, scale, bias_ptr, n, N, HAS_BIAS: tl.constexpr):
+    """``acc * s_A s_B [+ bias]`` in :func:`scaled_store`'s order, for columns ``n``."""
+    acc = acc * scale
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _tma_gemm_kernel(
+    a_desc,
+    b_desc,
+    c_desc,
+    scale_a_ptr,
+    scale_b_ptr,
+    bias_ptr,
+    M,
+    N,
+    K,
+    programs,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """Persistent: ``programs`` programs walk the output tiles; TMA loads (zero-filled past the
+    edges) feed wgmma, and the epilogue stores the tile as two column halves to keep its
+    shared-memory staging small enough for four pipeline stages."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    scale = tl.load(scale_a_ptr) * tl.load(scale_b_ptr)
+    for tile in tl.range(tl.program_id(0), grid_m * grid_n, programs, flatten=True):
+        pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
+        m0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            acc = tl.dot(a_desc.load([m0, k0]), b_desc.load([n0, k0]).T, acc)
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        n = n0 + tl.arange(0, BLOCK_N // 2)
+        c_desc.store([m0, n0], _scaled(left, scale, bias_ptr, n, N, HAS_BIAS).to(c_desc.dtype))
+        right = _scaled(right, scale, bias_ptr, n + BLOCK_N // 2, N, HAS_BIAS)
+        c_desc.store([m0, n0 + BLOCK_N // 2], right.to(c_desc.dtype))
 
 
 @triton.jit
@@ -125,6 +179,10 @@ DEQUANT_GEMM_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M"
 """Tile of the Hopper dequantizing GEMM (chosen with ``bench/kernels.py``)."""
 
 _K_MULTIPLE = DEQUANT_GEMM_CONFIG["BLOCK_K"]
+
+TMA_GEMM_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+"""Tile of :func:`tma_gemm` (``bench/kernels.py --tune``); float32 outputs take one stage
+less, as their epilogue staging needs twice the shared memory."""
 
 
 def _output(rows: int, cols: int, like: Tensor, out_dtype: torch.dtype) -> Tensor:
@@ -158,6 +216,72 @@ def dequant_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias: T
         **cfg,
     )
     return c
+
+
+def tma_gemm(
+    a_unscaled: Tensor,
+    b_unscaled: Tensor,
+    scale_a: Tensor,
+    scale_b: Tensor,
+    out_dtype: torch.dtype,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """Triton bf16 GEMM of the exact unscaled operands with the scale, bias and cast fused
+    into its epilogue (sm_90+; operands and output must meet TMA's 16-byte alignment, see
+    :func:`tma_compatible`)."""
+    cfg = dict(TMA_GEMM_CONFIG)
+    (m, k), n = a_unscaled.shape, b_unscaled.shape[0]
+    c = _output(m, n, a_unscaled, out_dtype)
+    if c.element_size() > 2:
+        cfg["num_stages"] -= 1
+    bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    programs = min(tiles, torch.cuda.get_device_properties(c.device).multi_processor_count)
+    _tma_gemm_kernel[(programs,)](
+        TensorDescriptor.from_tensor(a_unscaled, [bm, bk]),
+        TensorDescriptor.from_tensor(b_unscaled, [bn, bk]),
+        TensorDescriptor.from_tensor(c, [bm, bn // 2]),
+        scale_a,
+        scale_b,
+        bias,
+        m,
+        n,
+        k,
+        programs,
+        HAS_BIAS=bias is not None,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        **cfg,
+    )
+    return c
+
+
+def tma_compatible(a_unscaled: Tensor, b_unscaled: Tensor, out_dtype: torch.dtype) -> bool:
+    """Whether :func:`tma_gemm` can run: a Hopper-or-newer GPU, nonempty row-major operands
+    and output rows whose starts are 16-byte aligned."""
+    if a_unscaled.device.type != "cuda" or torch.cuda.get_device_capability(a_unscaled.device) < (9, 0):
+        return False
+    if min(*a_unscaled.shape, *b_unscaled.shape) == 0:
+        return False
+    rows_ok = all(t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a_unscaled, b_unscaled))
+    aligned = all(t.data_ptr() % 16 == 0 for t in (a_unscaled, b_unscaled))
+    return rows_ok and aligned and (b_unscaled.shape[0] * out_dtype.itemsize) % 16 == 0
+
+
+def unscaled_gemm(
+    a_unscaled: Tensor,
+    b_unscaled: Tensor,
+    scale_a: Tensor,
+    scale_b: Tensor,
+    out_dtype: torch.dtype,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """``(A_u B_u^T) s_A s_B [+ bias]``: :func:`tma_gemm` where TMA can run (94-103% of cuBLAS
+    bf16's TFLOP/s on the H100, ``bench/results/kernels.md``), else :func:`cublas_gemm` (71-92%:
+    its float32 output and second pass cost most at small K)."""
+    gemm = tma_gemm if tma_compatible(a_unscaled, b_unscaled, out_dtype) else cublas_gemm
+    return gemm(a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
 
 
 def cublas_gemm(

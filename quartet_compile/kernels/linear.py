@@ -21,7 +21,7 @@ from ..reference.linear import Saved
 from ..reference.nvfp4 import NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP
 from ..reference.randomness import RandomSource, as_generator, random_signs
-from .gemm import cublas_gemm
+from .gemm import unscaled_gemm
 from .ms_eden import ms_eden, rotation_matrix
 from .quantize import Quantized, quantize
 
@@ -34,10 +34,10 @@ def supports(config: QuartetConfig) -> tuple[bool, bool]:
 
 
 def gemm(a: Quantized, b: Quantized, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
-    """``deq(a) deq(b)^T`` through the cuBLAS route, the faster of the two Hopper GEMMs at every
-    benchmarked shape (``bench/results/kernels.md``: 70-100% of cuBLAS bf16 against about 20%
-    for the in-kernel-dequantizing Triton GEMM)."""
-    return cublas_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
+    """``deq(a) deq(b)^T`` from the exact unscaled bf16 operands, the fastest Hopper route at
+    every benchmarked shape (``bench/results/kernels.md``: 94-103% of cuBLAS bf16 through the
+    TMA GEMM against about 20% for the in-kernel-dequantizing Triton GEMM)."""
+    return unscaled_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, config: QuartetConfig) -> tuple[Tensor, Saved]:

@@ -26,7 +26,6 @@ import triton.language as tl
 from torch import Tensor
 
 from ..reference.formats import E2M1_MAX
-from ..reference.hadamard import sylvester_pm1
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
 from .nvfp4_math import (
@@ -45,8 +44,9 @@ from .nvfp4_math import (
 from .quantize import EXACT, Quantized
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
-MS_EDEN_CONFIG = {"BLOCK_R": 64, "num_warps": 4}
-"""Rows per program (each program owns one 128-column group); see ``bench/kernels.py --tune``."""
+MS_EDEN_CONFIG = {"BLOCK_R": 64, "num_warps": 4, "maxnreg": 168}
+"""Rows per program (each program owns one 128-column group), warps, and a register cap that
+fits three programs per SM instead of two (``bench/kernels.py --tune``)."""
 _SPLITS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
 
 
@@ -236,10 +236,28 @@ def _ms_eden_kernel(
     )
 
 
+@triton.jit
+def _rotation_kernel(signs_ptr, out_ptr, N: tl.constexpr):
+    """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``signs[i]``; the
+    parity of up to 16 bits is folded with shifts."""
+    i = tl.arange(0, N)
+    bits = i[:, None] & i[None, :]
+    for shift in tl.static_range(4):
+        bits = bits ^ (bits >> (8 >> shift))
+    sign = tl.load(signs_ptr + i)[:, None]
+    tl.store(out_ptr + i[:, None] * N + i[None, :], tl.where((bits & 1) == 1, -sign, sign).to(tl.bfloat16))
+
+
 def rotation_matrix(signs: Tensor) -> Tensor:
-    """``D H`` as bf16 ``[128, 128]`` (entries +-1, exact): one per backward call, shared by
-    both operands of each GEMM so that the rotation cancels in the product."""
-    return (signs.to(torch.float32)[:, None] * sylvester_pm1(signs.numel(), signs.device)).to(torch.bfloat16)
+    """``D H`` as bf16 ``[n, n]`` (entries +-1, exact): one per backward call, shared by both
+    operands of each GEMM so that the rotation cancels in the product. One launch, where
+    building ``H`` from tensor ops took about 25."""
+    n = signs.numel()
+    if n & (n - 1) or not 1 <= n <= 2**16:
+        raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
+    out = torch.empty(n, n, dtype=torch.bfloat16, device=signs.device)
+    _rotation_kernel[(1,)](signs.to(torch.float32), out, N=n)
+    return out
 
 
 def ms_eden(
