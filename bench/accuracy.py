@@ -7,6 +7,7 @@ printed and recorded. Results are written after every run, so a run cut short ke
 
     python bench/accuracy.py --models 30m --steps 600 --out bench/results
     python bench/accuracy.py --models 30m --backward-seed 1,2,3   # three runs per recipe
+    python bench/accuracy.py --summarize bench/results/accuracy-seeds-30m.json   # re-render
 
 Expected ordering (Quartet II and 4/6 papers): bf16 < quartet2 < quartet2-no46, quartet2 < nvidia.
 """
@@ -14,6 +15,7 @@ Expected ordering (Quartet II and 4/6 papers): bf16 < quartet2 < quartet2-no46, 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -29,19 +31,27 @@ EXPECTED = [("inductor", "quartet2"), ("quartet2", "quartet2-no46"), ("quartet2"
 """Pairs (better, worse) in validation bpb that the papers lead us to expect."""
 
 
-def orderings(results: list[RunResult]) -> list[str]:
-    """The expected pairs, judged on each recipe's validation bpb (its mean over backward seeds)."""
+def seed_summary(results: list[RunResult]) -> list[str]:
+    """Per recipe, the validation bpb's mean and standard deviation over its backward seeds and
+    the gap of the means to BF16; then each expected pair judged on the means, with the
+    difference in units of its standard error (Welch, over seeds): below 2, the order is within
+    the seed-to-seed noise."""
     finals: dict[str, list[float]] = {}
     for r in results:
         if r.val_bpb:
             finals.setdefault(r.variant, []).append(r.final_val_bpb)
-    bpb = {variant: statistics.mean(values) for variant, values in finals.items()}
+    mean = {variant: statistics.fmean(values) for variant, values in finals.items()}
+    sd = {variant: statistics.stdev(values) if len(values) > 1 else 0.0 for variant, values in finals.items()}
     lines = []
+    for variant, values in finals.items():
+        gap = f", {mean[variant] / mean['inductor'] - 1:+.2%} vs BF16" if "inductor" in mean else ""
+        lines.append(f"{variant}: val bpb {mean[variant]:.4f} +- {sd[variant]:.4f} over {len(values)} seeds{gap}")
     for better, worse in EXPECTED:
-        if better in bpb and worse in bpb:
-            holds = bpb[better] < bpb[worse]
-            lines.append(f"{better} < {worse}: {'holds' if holds else 'does NOT hold'} "
-                         f"({bpb[better]:.4f} vs {bpb[worse]:.4f})")  # fmt: skip
+        if better in mean and worse in mean:
+            holds = "holds" if mean[better] < mean[worse] else "does NOT hold"
+            error = math.sqrt(sum(sd[v] ** 2 / len(finals[v]) for v in (better, worse)))
+            t = f"{(mean[worse] - mean[better]) / error:+.1f} standard errors" if error else "one seed each"
+            lines.append(f"{better} < {worse}: {holds} ({mean[better]:.4f} vs {mean[worse]:.4f}, {t})")
     return lines
 
 
@@ -61,7 +71,14 @@ def main() -> None:
     )
     parser.add_argument("--models", default="30m,125m")
     parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--summarize", type=Path, help="re-summarize a result JSON, rewrite its files")
     args = parser.parse_args()
+    if args.summarize:
+        results, meta = report.load(args.summarize)
+        meta["notes"] = seed_summary(results)
+        report.write(results, args.summarize.parent, args.summarize.stem, meta)
+        print("\n".join(meta["notes"]))
+        return
     device = torch.device(args.device)
     corpus = ByteCorpus.load(args.data)
     for model in args.models.split(","):
@@ -74,7 +91,7 @@ def main() -> None:
         for variant, run_settings in runs_from(args, args.recipes.split(",")):
             results.append(train(variant, spec, corpus, run_settings, device, {"inner_backend": args.inner_backend}))
             print(f"  {results[-1].label}: val bpb {results[-1].final_val_bpb:.4f}", flush=True)
-            meta["notes"] = orderings(results)
+            meta["notes"] = seed_summary(results)
             if args.out:
                 report.write(results, Path(args.out), f"{args.name}-{model}", meta)
         print(report.text_table(*report.summary_rows(results)))

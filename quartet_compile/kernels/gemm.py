@@ -45,11 +45,18 @@ def _dequant_half_k(packed, scales, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_cm, HAS_BIAS: tl.constexpr):
-    """``(acc * (s_A * s_B) [+ bias]).to(C)`` in the reference's order, masked store."""
-    acc = acc * (tl.load(scale_a_ptr) * tl.load(scale_b_ptr))
+def _scaled(acc, scale, bias_ptr, n, N, HAS_BIAS: tl.constexpr):
+    """``acc * (s_A * s_B) [+ bias]`` in the reference's order, for output columns ``n``."""
+    acc = acc * scale
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_cm, HAS_BIAS: tl.constexpr):
+    """``(acc * (s_A * s_B) [+ bias]).to(C)``, masked store."""
+    acc = _scaled(acc, tl.load(scale_a_ptr) * tl.load(scale_b_ptr), bias_ptr, n, N, HAS_BIAS)
     mask = (m < M)[:, None] & (n < N)[None, :]
     tl.store(c_ptr + m.to(tl.int64)[:, None] * stride_cm + n[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
 
@@ -106,15 +113,6 @@ def _dequant_gemm_kernel(
         sa_rows += BLOCK_K // 16
         sb_rows += BLOCK_K // 16
     scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_cm, HAS_BIAS)
-
-
-@triton.jit
-def _scaled(acc, scale, bias_ptr, n, N, HAS_BIAS: tl.constexpr):
-    """``acc * s_A s_B [+ bias]`` in :func:`scaled_store`'s order, for columns ``n``."""
-    acc = acc * scale
-    if HAS_BIAS:
-        acc = acc + tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
-    return acc
 
 
 @triton.jit
