@@ -35,7 +35,9 @@ def test_false_alarms_are_rare_and_a_shift_is_always_caught():
     assert alarms <= 0.05 * trials, f"{alarms} false alarms in {trials} (seed {seed})"
     for _ in range(20):
         shifted = agreement(_arm(range(1, 5), 0.2, gen), _arm(range(1, 5), 0.0, gen))
-        assert not shifted.within and shifted.offset == pytest.approx(0.2, abs=0.05), f"seed {seed}"
+        # The simulated offset scatters with sd 0.016 around the shift (measured over 4000
+        # arms): +-0.1 is six of them, where +-0.05 failed about one run in 40 over 20 draws.
+        assert not shifted.within and shifted.offset == pytest.approx(0.2, abs=0.1), f"seed {seed}"
 
 
 def test_pairs_with_the_same_seed_are_left_out():
