@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -115,25 +116,42 @@ def _unscaled(gemm, a, b):
     return gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, torch.bfloat16)
 
 
+@contextmanager
+def _config(target: dict, candidate: dict):
+    """``target`` (a kernel module's tile config) with ``candidate`` written in, restored after."""
+    saved = dict(target)
+    target.update(candidate)
+    try:
+        yield
+    finally:
+        target.update(saved)
+
+
+def _tiles(shapes: list[tuple[int, int, int, int, int]]) -> list[dict]:
+    """GEMM tile configs from (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)."""
+    return [
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
+        for bm, bn, bk, warps, stages in shapes
+    ]
+
+
 def _tune_gemm(name: str, config: dict, fn, candidates: list[dict], flop: int) -> list[dict]:
-    """Time ``fn`` under each tile config written into ``config``; restore it afterwards."""
-    saved, rows = dict(config), []
+    """Time ``fn`` under each tile config written into ``config``."""
+    rows = []
     for candidate in candidates:
-        config.update(candidate)
-        try:
-            rows.append({"kernel": name, **candidate, "tflops": flop / median_ms(fn) / 1e9})
-        except Exception as error:  # a config that does not fit shared memory is reported, not fatal
-            rows.append({"kernel": name, **candidate, "error": str(error)[:200]})
+        with _config(config, candidate):
+            try:
+                rows.append({"kernel": name, **candidate, "tflops": flop / median_ms(fn) / 1e9})
+            except Exception as error:  # a config that does not fit shared memory is reported, not fatal
+                rows.append({"kernel": name, **candidate, "error": str(error)[:200]})
         print(rows[-1], flush=True)
-    config.update(saved)
     return rows
 
 
 def tune_gemms(m: int = 8192, n: int = 8192, k: int = 8192) -> list[dict]:
     a, b = _operands(m, n, k)
-    dequant = [
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
-        for bm, bn, bk, warps, stages in [
+    dequant = _tiles(
+        [
             (128, 128, 128, 8, 3),
             (128, 256, 128, 8, 3),
             (128, 256, 64, 8, 4),
@@ -142,17 +160,10 @@ def tune_gemms(m: int = 8192, n: int = 8192, k: int = 8192) -> list[dict]:
             (128, 128, 128, 4, 4),
             (64, 256, 128, 8, 3),
         ]
-    ]
-    tma = [
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
-        for bm, bn, bk, warps, stages in [
-            (128, 256, 64, 8, 4),
-            (128, 256, 64, 8, 3),
-            (256, 128, 64, 8, 3),
-            (128, 128, 64, 8, 4),
-            (128, 128, 128, 8, 3),
-        ]
-    ]
+    )
+    tma = _tiles(
+        [(128, 256, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 128, 8, 3)]
+    )
     flop = 2 * m * n * k
     return _tune_gemm(
         "dequant", gemm_module.DEQUANT_GEMM_CONFIG, lambda: dequant_gemm(a.fp4, b.fp4, torch.bfloat16), dequant, flop
@@ -185,10 +196,8 @@ def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
         ]
     )
     for target, config, name, fn in candidates:
-        saved = dict(target)
-        target.update(config)
-        rows.append({"kernel": name, "config": config, "ms": median_ms(fn)})
-        target.update(saved)
+        with _config(target, config):
+            rows.append({"kernel": name, "config": config, "ms": median_ms(fn)})
         print(rows[-1], flush=True)
     return rows
 
