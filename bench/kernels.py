@@ -225,6 +225,7 @@ def linear_row(tokens: int = 16384, features: int = 4096) -> dict:
         kernels = kernel_times_us(fn)
         row[f"{name}_kernel_ms"] = sum(us for _, us in kernels) / 1e3
         row[f"{name}_launches"] = len(kernels)
+        row[f"{name}_kernels_us"] = kernels
     row["kernel_ratio"] = row["quartet2_kernel_ms"] / row["bf16_kernel_ms"]
     row["forward_bf16_ms"] = median_ms(lambda: F.linear(x, w))
     row["forward_quartet2_ms"] = median_ms(lambda: quartet_linear_op(x, w, **kwargs))

@@ -157,6 +157,8 @@ def test_ms_eden_kernel_ptx_rounds_exactly():
         "src_scales_ptr": "*u8",
         "src_tensor_scale_ptr": "*fp32",
         "rotation_ptr": "*bf16",
+        "stride_rot_k": "i32",
+        "stride_rot_n": "i32",
         "rows": "i32",
         "cols": "i32",
         "stride_r": "i32",
@@ -184,3 +186,7 @@ def test_ms_eden_kernel_ptx_rounds_exactly():
     }
     ptx = _assert_exact_rounding(ms_eden._ms_eden_kernel, signature, constexprs)
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
+    # The rotation's columns are loaded in accumulator order, so every 16-block lies in one
+    # thread: the only shuffles left sum the EDEN correction over a row's four lanes (a
+    # layout that spreads blocks over lanes compiles to 128 here).
+    assert len(re.findall(r"shfl\.sync", ptx)) <= 8

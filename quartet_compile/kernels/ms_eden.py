@@ -79,6 +79,8 @@ def _rotated_tile(
     src_scales_ptr,
     src_tensor_scale_ptr,
     rotation_ptr,
+    stride_rot_k,
+    stride_rot_n,
     r,
     row_ok,
     c0,
@@ -92,7 +94,7 @@ def _rotated_tile(
 ):
     """float32 ``[BLOCK_R, 128]``: rows ``r`` of the operand, columns ``c0 .. c0+128``, rotated."""
     g = tl.arange(0, 128)
-    rotation = tl.load(rotation_ptr + g[:, None] * 128 + g[None, :])
+    rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
     if PACKED:
         # Operand[r, c] = deq(Q)[c, r] for a saved Q of shape [cols, rows] quantized along rows.
         cq = (c0 + g).to(tl.int64)
@@ -114,11 +116,22 @@ def _rotated_tile(
 
 
 @triton.jit
+def _accumulator_order(p):
+    """The rotated column that accumulator column ``p`` holds. A Hopper wgmma (or mma.sync)
+    accumulator gives each thread the columns ``8j + 2t + e`` (``j < 16``, ``t = lane % 4``,
+    ``e < 2``); loading the rotation's columns so that ``p = 64 jh + 8 jl + 2t + e`` holds
+    element ``8e + jl`` of block ``2t + jh`` puts every 16-block of the product in one thread,
+    and the block passes need neither shuffles nor a shared-memory layout conversion. Each
+    column's sum is the same whatever its position."""
+    return 16 * (2 * ((p >> 1) & 3) + (p >> 6)) + 8 * (p & 1) + ((p >> 3) & 7)
+
+
+@triton.jit
 def _halves(t):
-    """``[R, 128]`` -> the first and second eight elements of each 16-block, ``[R, 8, 8]`` each,
-    so that a block's work stays in one thread."""
-    pairs = tl.permute(tl.reshape(t, (t.shape[0], 8, 2, 8)), (0, 1, 3, 2))
-    return tl.split(pairs)
+    """Accumulator columns ``[R, 128]`` in :func:`_accumulator_order` -> the first and second
+    eight elements of each 16-block, ``[R, 8, 8]`` each, in block order."""
+    blocks = tl.reshape(tl.permute(tl.reshape(t, (t.shape[0], 2, 8, 4, 2)), (0, 3, 1, 2, 4)), (t.shape[0], 8, 8, 2))
+    return tl.split(blocks)
 
 
 @triton.jit
@@ -154,6 +167,8 @@ def _ms_eden_kernel(
     src_scales_ptr,
     src_tensor_scale_ptr,
     rotation_ptr,
+    stride_rot_k,
+    stride_rot_n,
     rows,
     cols,
     stride_r,
@@ -185,6 +200,8 @@ def _ms_eden_kernel(
         src_scales_ptr,
         src_tensor_scale_ptr,
         rotation_ptr,
+        stride_rot_k,
+        stride_rot_n,
         r,
         row_ok,
         c0,
@@ -238,24 +255,26 @@ def _ms_eden_kernel(
 
 @triton.jit
 def _rotation_kernel(signs_ptr, out_ptr, N: tl.constexpr):
-    """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``signs[i]``; the
-    parity of up to 16 bits is folded with shifts."""
+    """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``signs[i]``, stored
+    column-major; the parity of up to 16 bits is folded with shifts."""
     i = tl.arange(0, N)
     bits = i[:, None] & i[None, :]
     for shift in tl.static_range(4):
         bits = bits ^ (bits >> (8 >> shift))
     sign = tl.load(signs_ptr + i)[:, None]
-    tl.store(out_ptr + i[:, None] * N + i[None, :], tl.where((bits & 1) == 1, -sign, sign).to(tl.bfloat16))
+    tl.store(out_ptr + i[:, None] + i[None, :] * N, tl.where((bits & 1) == 1, -sign, sign).to(tl.bfloat16))
 
 
 def rotation_matrix(signs: Tensor) -> Tensor:
     """``D H`` as bf16 ``[n, n]`` (entries +-1, exact): one per backward call, shared by both
     operands of each GEMM so that the rotation cancels in the product. One launch, where
-    building ``H`` from tensor ops took about 25."""
+    building ``H`` from tensor ops took about 25. Stored column-major (strides ``(1, n)``):
+    the MS-EDEN kernel gathers whole columns in :func:`_accumulator_order`, and contiguous
+    columns keep those loads vectorized."""
     n = signs.numel()
     if n & (n - 1) or not 1 <= n <= 2**16:
         raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
-    out = torch.empty(n, n, dtype=torch.bfloat16, device=signs.device)
+    out = torch.empty_strided((n, n), (1, n), dtype=torch.bfloat16, device=signs.device)
     _rotation_kernel[(1,)](signs.to(torch.float32), out, N=n)
     return out
 
@@ -312,6 +331,7 @@ def ms_eden(
             src_scales,
             src_tensor_scale,
             rotation,
+            *rotation.stride(),
             rows,
             cols,
             *strides,

@@ -145,15 +145,17 @@ def e2m1_round_code(u):
     return q, code | ((sign >> 28) & 8)
 
 
+E2M1_TO_FP32_EXPONENT = tl.constexpr(2.0**126)
+
+
 @triton.jit
 def e2m1_value(code):
-    """float32 value of an E2M1 code (0..15): ``(1 + m/2) * 2**(e-1)``, or ``m/2`` for e = 0."""
+    """float32 value of an E2M1 code (0..15). E2M1's sign, exponent and mantissa bits placed in
+    float32's sign, lowest exponent bits and top mantissa bit give the same significand with
+    the exponent 126 lower (biases 1 and 127); E2M1's subnormal lands on float32's, so one
+    exact multiplication by ``2**126`` (subnormals are not flushed) finishes the conversion."""
     c = code.to(tl.int32)
-    e = (c >> 1) & 3
-    m = c & 1
-    normal = (((e + 126) << 23) | (m << 22)).to(tl.float32, bitcast=True)
-    value = tl.where(e == 0, m.to(tl.float32) * 0.5, normal)
-    return tl.where((c & 8) != 0, -value, value)
+    return (((c & 8) << 28) | ((c & 7) << 22)).to(tl.float32, bitcast=True) * E2M1_TO_FP32_EXPONENT
 
 
 @triton.jit
