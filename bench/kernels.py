@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -202,10 +203,21 @@ def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
     return rows
 
 
-def linear_row(tokens: int = 16384, features: int = 4096) -> dict:
-    """quartet2 forward+backward through the custom ops vs ``F.linear`` in bf16 (cuBLAS): wall
-    time per call (launch gaps included, as a user without CUDA graphs sees them) and the sum
-    of its kernels' device times (what CUDA graphs would leave)."""
+def _host_us(fn, calls: int = 200) -> float:
+    """Wall time per call of ``fn`` issued back to back: its host cost when device work is
+    negligible."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def _linear_steps(tokens: int, features: int) -> tuple:
+    """bf16 and quartet2 forward+backward closures on fresh operands."""
     x = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(features, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16)
@@ -218,7 +230,15 @@ def linear_row(tokens: int = 16384, features: int = 4096) -> dict:
 
         return run
 
-    bf16, quartet = step(lambda x, w: F.linear(x, w)), step(lambda x, w: quartet_linear_op(x, w, **kwargs))
+    return step(lambda x, w: F.linear(x, w)), step(lambda x, w: quartet_linear_op(x, w, **kwargs)), x, w, kwargs
+
+
+def linear_row(tokens: int = 16384, features: int = 4096) -> dict:
+    """quartet2 forward+backward through the custom ops vs ``F.linear`` in bf16 (cuBLAS): wall
+    time per call (launch gaps included, as a user without CUDA graphs sees them) and the sum
+    of its kernels' device times (what CUDA graphs would leave); and the host time per call
+    at T = K = N = 128, where device work is negligible (what bounds small batches)."""
+    bf16, quartet, x, w, kwargs = _linear_steps(tokens, features)
     row = {"T": tokens, "K": features, "N": features, "bf16_ms": median_ms(bf16), "quartet2_ms": median_ms(quartet)}
     row["ratio"] = row["quartet2_ms"] / row["bf16_ms"]
     for name, fn in [("bf16", bf16), ("quartet2", quartet)]:
@@ -229,6 +249,8 @@ def linear_row(tokens: int = 16384, features: int = 4096) -> dict:
     row["kernel_ratio"] = row["quartet2_kernel_ms"] / row["bf16_kernel_ms"]
     row["forward_bf16_ms"] = median_ms(lambda: F.linear(x, w))
     row["forward_quartet2_ms"] = median_ms(lambda: quartet_linear_op(x, w, **kwargs))
+    tiny_bf16, tiny_quartet, *_ = _linear_steps(128, 128)
+    row["host_bf16_us"], row["host_quartet2_us"] = _host_us(tiny_bf16), _host_us(tiny_quartet)
     return row
 
 
@@ -272,6 +294,9 @@ def _markdown(results: dict) -> str:
         f"{lin['ratio']:.2f} | {lin['bf16_kernel_ms']:.3f} ({lin['bf16_launches']}) | "
         f"{lin['quartet2_kernel_ms']:.3f} ({lin['quartet2_launches']}) | {lin['kernel_ratio']:.2f} | "
         f"{lin['forward_bf16_ms']:.3f} | {lin['forward_quartet2_ms']:.3f} |",
+        "",
+        f"Host time per fwd+bwd call at T = K = N = 128 (device work negligible): bf16 "
+        f"{lin['host_bf16_us']:.0f} us, quartet2 {lin['host_quartet2_us']:.0f} us.",
     ]
     return "\n".join(lines) + "\n"
 

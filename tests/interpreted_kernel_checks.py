@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from fp4_asserts import assert_same_fp4
 
-from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
+from quartet_compile.kernels.ms_eden import ms_eden, random_rotation, rotation_matrix
 from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e4m3_rne, e4m3_sr
 from quartet_compile.kernels.quantize import quantize, tensor_amax, tensor_stats
 from quartet_compile.reference import (
@@ -155,6 +155,10 @@ def ms_eden_stage(generator: torch.Generator) -> None:
     for n in (1, 2, 16, 512):  # the in-kernel parity against the tensor-op Sylvester matrix
         small = random_signs(n, generator, torch.device("cpu"))
         assert torch.equal(rotation_matrix(small), (small[:, None] * sylvester_pm1(n)).bfloat16())
+        state = generator.get_state()  # one draw, thresholded in the kernel: the same matrix
+        expected = rotation_matrix(random_signs(n, generator, torch.device("cpu")))
+        generator.set_state(state)
+        assert torch.equal(random_rotation(n, generator, torch.device("cpu")), expected)
     seed = torch.randint(0, 2**62, (), generator=generator)
     g = _inputs(64, 256, torch.float32, generator)
     packed = quantize(_inputs(128, 48, torch.float32, generator), four_over_six=True).fp4

@@ -75,11 +75,14 @@ def test_forward_quantize_zero_and_non_finite():
 def test_ms_eden_quantization_stage_is_bit_identical(source):
     """Same rotated tensor and same uniforms -> the reference's exact codes and scales; the
     tensor-core rotation itself matches the float32 reference to rounding."""
-    from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
+    from quartet_compile.kernels.ms_eden import ms_eden, random_rotation, rotation_matrix
     from quartet_compile.kernels.quantize import quantize
 
+    state = torch.cuda.get_rng_state()
     signs = random_signs(128, None, torch.device("cuda"))
     assert torch.equal(rotation_matrix(signs).float(), signs[:, None] * sylvester_pm1(128, "cuda"))
+    torch.cuda.set_rng_state(state)
+    assert torch.equal(random_rotation(128, None, torch.device("cuda")), rotation_matrix(signs))
     seed = torch.randint(0, 2**62, (), device="cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "packed": torch.float32}
     x = _fresh(384, 1024, dtype[source.split(".")[0]], spread=1.0)

@@ -18,6 +18,8 @@ All four equal the float64 product of the dequantized operands up to float32 acc
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -216,6 +218,12 @@ def dequant_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias: T
     return c
 
 
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    """SM count, cached: the property query costs host time on every GEMM otherwise."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def tma_gemm(
     a_unscaled: Tensor,
     b_unscaled: Tensor,
@@ -234,7 +242,7 @@ def tma_gemm(
         cfg["num_stages"] -= 1
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    programs = min(tiles, torch.cuda.get_device_properties(c.device).multi_processor_count)
+    programs = min(tiles, _multiprocessors(c.device))
     _tma_gemm_kernel[(programs,)](
         TensorDescriptor.from_tensor(a_unscaled, [bm, bk]),
         TensorDescriptor.from_tensor(b_unscaled, [bn, bk]),

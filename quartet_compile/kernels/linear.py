@@ -9,6 +9,8 @@ backward (``quartet2``, ``quartet2-no46``). Other recipe parts (the ``nvidia`` r
 Randomness of the backward comes from the recipe's generator (PyTorch's default CUDA
 generator unless a ``seed`` is configured): 128 rotation signs, then four Philox seeds, one
 per quantized operand, drawn as device tensors, so CUDA-graph replays draw fresh values.
+Every launch costs host time (the 1B model at batch 1 is bound by it), so the backward
+draws the signs in one launch and zeroes the four amax scratch buffers in one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from ..config import BackwardQuant, ForwardQuant, QuartetConfig
 from ..reference.linear import Saved
 from ..reference.nvfp4 import NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP
-from ..reference.randomness import RandomSource, as_generator, random_signs
+from ..reference.randomness import RandomSource, as_generator
 from .gemm import unscaled_gemm
-from .ms_eden import ms_eden, rotation_matrix
+from .ms_eden import ms_eden, random_rotation
 from .quantize import Quantized, quantize
 
 
@@ -49,11 +51,19 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, config: Quart
 
 
 def _ms_eden_gemm(
-    a: Tensor | NVFP4Tensor, a_transpose: bool, b: NVFP4Tensor, rotation: Tensor, seeds: Tensor, out_dtype: torch.dtype
+    a: Tensor | NVFP4Tensor,
+    a_transpose: bool,
+    b: NVFP4Tensor,
+    rotation: Tensor,
+    seeds: Tensor,
+    stats: Tensor,
+    out_dtype: torch.dtype,
 ) -> Tensor:
-    """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction."""
-    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, codes=False, unscaled_bf16=True)
-    bq = ms_eden(b, rotation, seeds[1], transpose=True, codes=False, unscaled_bf16=True)
+    """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction;
+    ``stats``: two zeroed amax scratch rows."""
+    options = {"codes": False, "unscaled_bf16": True}
+    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, stats=stats[0], **options)
+    bq = ms_eden(b, rotation, seeds[1], transpose=True, stats=stats[1], **options)
     return gemm(aq, bq, out_dtype)
 
 
@@ -67,8 +77,9 @@ def linear_backward(
 ) -> tuple[Tensor | None, Tensor | None]:
     """Quartet II backward: MS-EDEN on both operands of dgrad (along N) and wgrad (along T)."""
     generator = as_generator(source, grad.device)
-    rotation = rotation_matrix(random_signs(EDEN_GROUP, generator, grad.device))
+    rotation = random_rotation(EDEN_GROUP, generator, grad.device)
     seeds = torch.randint(0, 2**62, (4,), generator=generator, device=grad.device)
-    dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], dtypes[0]) if needs[0] else None
-    dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:], dtypes[1]) if needs[1] else None
+    stats = torch.zeros(4, 2, dtype=torch.float32, device=grad.device)
+    dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], stats[:2], dtypes[0]) if needs[0] else None
+    dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:], stats[2:], dtypes[1]) if needs[1] else None
     return dx, dw

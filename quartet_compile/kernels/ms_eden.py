@@ -28,6 +28,7 @@ from torch import Tensor
 from ..reference.formats import E2M1_MAX
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
+from ..reference.randomness import RandomSource, uniform
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
@@ -254,15 +255,27 @@ def _ms_eden_kernel(
 
 
 @triton.jit
-def _rotation_kernel(signs_ptr, out_ptr, N: tl.constexpr):
+def _rotation_kernel(signs_ptr, out_ptr, N: tl.constexpr, FROM_UNIFORMS: tl.constexpr):
     """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``signs[i]``, stored
-    column-major; the parity of up to 16 bits is folded with shifts."""
+    column-major; the parity of up to 16 bits is folded with shifts. FROM_UNIFORMS: the
+    signs are uniform draws, mapped as :func:`reference.random_signs` maps them."""
     i = tl.arange(0, N)
     bits = i[:, None] & i[None, :]
     for shift in tl.static_range(4):
         bits = bits ^ (bits >> (8 >> shift))
     sign = tl.load(signs_ptr + i)[:, None]
+    if FROM_UNIFORMS:
+        sign = tl.where(sign < 0.5, -1.0, 1.0)
     tl.store(out_ptr + i[:, None] + i[None, :] * N, tl.where((bits & 1) == 1, -sign, sign).to(tl.bfloat16))
+
+
+def _rotation(signs: Tensor, from_uniforms: bool) -> Tensor:
+    n = signs.numel()
+    if n & (n - 1) or not 1 <= n <= 2**16:
+        raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
+    out = torch.empty_strided((n, n), (1, n), dtype=torch.bfloat16, device=signs.device)
+    _rotation_kernel[(1,)](signs.to(torch.float32), out, N=n, FROM_UNIFORMS=from_uniforms)
+    return out
 
 
 def rotation_matrix(signs: Tensor) -> Tensor:
@@ -271,12 +284,13 @@ def rotation_matrix(signs: Tensor) -> Tensor:
     building ``H`` from tensor ops took about 25. Stored column-major (strides ``(1, n)``):
     the MS-EDEN kernel gathers whole columns in :func:`_accumulator_order`, and contiguous
     columns keep those loads vectorized."""
-    n = signs.numel()
-    if n & (n - 1) or not 1 <= n <= 2**16:
-        raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
-    out = torch.empty_strided((n, n), (1, n), dtype=torch.bfloat16, device=signs.device)
-    _rotation_kernel[(1,)](signs.to(torch.float32), out, N=n)
-    return out
+    return _rotation(signs, from_uniforms=False)
+
+
+def random_rotation(n: int, source: RandomSource, device: torch.device) -> Tensor:
+    """``rotation_matrix(random_signs(n, source, device))`` from the same single draw, in two
+    launches instead of four: the kernel turns the uniforms into signs."""
+    return _rotation(uniform((n,), source, device), from_uniforms=True)
 
 
 def ms_eden(
@@ -288,6 +302,7 @@ def ms_eden(
     codes: bool = True,
     unscaled_bf16: bool = False,
     debug: dict[str, Tensor] | None = None,
+    stats: Tensor | None = None,
 ) -> Quantized:
     """MS-EDEN of ``operand`` (or of ``operand.T`` with ``transpose``) along its last dim.
 
@@ -297,6 +312,8 @@ def ms_eden(
     per block: block ``b = row * (cols/16) + column/16`` takes output ``b % 4`` of the draw at
     offset ``b // 4``). ``debug``: filled with the kernel's
     ``rotated`` tensor and ``uniforms`` for bit-exact comparison with the reference.
+    ``stats``: a zeroed float32 ``[2]`` scratch for the amax pass, so that a caller quantizing
+    several operands zeroes one buffer for all of them (one launch instead of one each).
     """
     packed = isinstance(operand, NVFP4Tensor)
     if packed:
@@ -319,7 +336,8 @@ def ms_eden(
     if debug is not None:
         rotated = debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
         uniforms = debug["uniforms"] = torch.empty(rows, cols // BLOCK, dtype=torch.float32, device=device)
-    stats = torch.zeros(2, dtype=torch.float32, device=device)
+    if stats is None:
+        stats = torch.zeros(2, dtype=torch.float32, device=device)
     s_t = torch.empty((), dtype=torch.float32, device=device)
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
     grid = (triton.cdiv(rows, MS_EDEN_CONFIG["BLOCK_R"]), cols // EDEN_GROUP)
