@@ -85,7 +85,10 @@ def _linear_backward(grad: Tensor, saved: Saved, config: QuartetConfig, **kwargs
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """The reference picks its own precisions; an enclosing autocast must not recast them."""
+    """The reference picks its own precisions; an enclosing autocast must not recast them.
+    (Checked first: entering ``torch.autocast`` costs host time on every call.)"""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)
 
 
@@ -103,7 +106,20 @@ def _fp4_parts(q: NVFP4Tensor | None, like: Tensor) -> list[Tensor]:
     return [q.codes, q.scales, q.tensor_scale]
 
 
-@torch.library.custom_op("quartet::linear", mutates_args=())
+_LIBRARY = torch.library.Library("quartet", "DEF")
+"""The ops are defined with ``torch.library.Library`` rather than ``torch.library.custom_op``,
+whose wrapper adds Python layers (an aliasing check, a Dynamo guard) to every call: host time
+that a training step pays twice per linear layer (``bench/results/host-overhead.md``). Our
+implementations always return fresh tensors, which is what the aliasing check verifies."""
+
+
+def _define(fn: Any, dispatch_key: str = "CompositeExplicitAutograd") -> None:
+    """Define ``quartet::<fn name>`` with the schema of ``fn``'s type hints, implemented by ``fn``."""
+    name = fn.__name__.removesuffix("_op")
+    _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=()))
+    _LIBRARY.impl(name, fn, dispatch_key)
+
+
 def linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, recipe: str, four_over_six: int, rng: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -115,7 +131,10 @@ def linear(
     return y, *_fp4_parts(saved.xq, x), *_fp4_parts(saved.wq, x)
 
 
-@linear.register_fake
+_define(linear)
+
+
+@torch.library.register_fake("quartet::linear")
 def _linear_fake(x, weight, bias, recipe, four_over_six, rng):
     config = _config(recipe, four_over_six)
     tokens, k = x.shape
@@ -135,7 +154,6 @@ def _linear_fake(x, weight, bias, recipe, four_over_six, rng):
     return y, *parts(tokens, quantized and not _saves_hp_x(config)), *parts(n, quantized)
 
 
-@torch.library.custom_op("quartet::linear_backward", mutates_args=())
 def linear_backward_op(
     grad: Tensor,
     x: Tensor | None,
@@ -182,7 +200,10 @@ def linear_backward_op(
     return (empty if dx is None else dx), (empty if dw is None else dw)
 
 
-@linear_backward_op.register_fake
+_define(linear_backward_op)
+
+
+@torch.library.register_fake("quartet::linear_backward")
 def _linear_backward_fake(
     grad,
     x,
@@ -225,7 +246,7 @@ def _backward(ctx: Any, grad: Tensor, *_unused_grads: Tensor) -> tuple[Tensor | 
     return (dx if needs_dx else None), (dw if needs_dw else None), db, None, None, None
 
 
-linear.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("quartet::linear", _backward, setup_context=_setup_context)
 
 
 def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..reference.nvfp4 import NVFP4Tensor
 from .gemm import scaled_store
+from .launch import cdiv, launch
 
 
 @triton.jit
@@ -67,8 +68,10 @@ def dot_scaled_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias
     n = b.codes.shape[0]
     cfg = BLACKWELL_CONFIG
     c = torch.empty(m, n, dtype=out_dtype, device=a.codes.device)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
-    dot_scaled_gemm_kernel[grid](
+    grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(n, cfg["BLOCK_N"]))
+    launch(
+        dot_scaled_gemm_kernel,
+        grid,
         a.codes,
         a.scales,
         b.codes,

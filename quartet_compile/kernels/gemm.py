@@ -27,6 +27,7 @@ from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..reference.nvfp4 import NVFP4Tensor
+from .launch import cdiv, launch
 
 
 @triton.jit
@@ -198,8 +199,10 @@ def dequant_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias: T
         )
     c = _output(m, n, a.codes, out_dtype)
     cfg = DEQUANT_GEMM_CONFIG
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    _dequant_gemm_kernel[grid](
+    grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),)
+    launch(
+        _dequant_gemm_kernel,
+        grid,
         a.codes,
         a.scales.view(torch.uint8),
         b.codes,
@@ -241,9 +244,11 @@ def tma_gemm(
     if c.element_size() > 2:
         cfg["num_stages"] -= 1
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    tiles = cdiv(m, bm) * cdiv(n, bn)
     programs = min(tiles, _multiprocessors(c.device))
-    _tma_gemm_kernel[(programs,)](
+    launch(
+        _tma_gemm_kernel,
+        (programs,),
         TensorDescriptor.from_tensor(a_unscaled, [bm, bk]),
         TensorDescriptor.from_tensor(b_unscaled, [bn, bk]),
         TensorDescriptor.from_tensor(c, [bm, bn // 2]),
@@ -263,10 +268,16 @@ def tma_gemm(
     return c
 
 
+@functools.cache
+def _has_tma(device: torch.device) -> bool:
+    """Whether ``device`` is Hopper or newer, cached like :func:`_multiprocessors`."""
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def tma_compatible(a_unscaled: Tensor, b_unscaled: Tensor, out_dtype: torch.dtype) -> bool:
     """Whether :func:`tma_gemm` can run: a Hopper-or-newer GPU, nonempty row-major operands
     and output rows whose starts are 16-byte aligned."""
-    if a_unscaled.device.type != "cuda" or torch.cuda.get_device_capability(a_unscaled.device) < (9, 0):
+    if a_unscaled.device.type != "cuda" or not _has_tma(a_unscaled.device):
         return False
     if min(*a_unscaled.shape, *b_unscaled.shape) == 0:
         return False
@@ -302,8 +313,20 @@ def cublas_gemm(
     acc = torch.mm(a_unscaled, b_unscaled.T, out_dtype=torch.float32)
     m, n = acc.shape
     c = _output(m, n, acc, out_dtype)
-    grid = (triton.cdiv(m, 64), triton.cdiv(n, 128))
-    _scale_epilogue_kernel[grid](
-        acc, scale_a, scale_b, bias, c, m, n, HAS_BIAS=bias is not None, BLOCK_M=64, BLOCK_N=128, num_warps=8
+    grid = (cdiv(m, 64), cdiv(n, 128))
+    launch(
+        _scale_epilogue_kernel,
+        grid,
+        acc,
+        scale_a,
+        scale_b,
+        bias,
+        c,
+        m,
+        n,
+        HAS_BIAS=bias is not None,
+        BLOCK_M=64,
+        BLOCK_N=128,
+        num_warps=8,
     )
     return c

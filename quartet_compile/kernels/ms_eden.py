@@ -29,6 +29,7 @@ from ..reference.formats import E2M1_MAX
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
 from ..reference.randomness import RandomSource, uniform
+from .launch import cdiv, launch
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
@@ -274,7 +275,7 @@ def _rotation(signs: Tensor, from_uniforms: bool) -> Tensor:
     if n & (n - 1) or not 1 <= n <= 2**16:
         raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
     out = torch.empty_strided((n, n), (1, n), dtype=torch.bfloat16, device=signs.device)
-    _rotation_kernel[(1,)](signs.to(torch.float32), out, N=n, FROM_UNIFORMS=from_uniforms)
+    launch(_rotation_kernel, (1,), signs.to(torch.float32), out, N=n, FROM_UNIFORMS=from_uniforms)
     return out
 
 
@@ -340,11 +341,13 @@ def ms_eden(
         stats = torch.zeros(2, dtype=torch.float32, device=device)
     s_t = torch.empty((), dtype=torch.float32, device=device)
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
-    grid = (triton.cdiv(rows, MS_EDEN_CONFIG["BLOCK_R"]), cols // EDEN_GROUP)
+    grid = (cdiv(rows, MS_EDEN_CONFIG["BLOCK_R"]), cols // EDEN_GROUP)
     src_scales = operand.scales.view(torch.uint8) if packed else None
     src_tensor_scale = operand.tensor_scale if packed else None
     for amax_pass in (True, False):
-        _ms_eden_kernel[grid](
+        launch(
+            _ms_eden_kernel,
+            grid,
             src,
             src_scales,
             src_tensor_scale,

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..reference.formats import E2M1_MAX, E4M3_MAX
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE_MAX
+from .launch import cdiv, launch
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
@@ -51,8 +52,8 @@ def tensor_stats(x: Tensor) -> Tensor:
     x = x.contiguous()
     stats = torch.zeros(2, dtype=torch.float32, device=x.device)
     if x.numel():
-        grid = (triton.cdiv(x.numel(), AMAX_CONFIG["BLOCK_SIZE"]),)
-        _stats_kernel[grid](x, x.numel(), stats, **AMAX_CONFIG)
+        grid = (cdiv(x.numel(), AMAX_CONFIG["BLOCK_SIZE"]),)
+        launch(_stats_kernel, grid, x, x.numel(), stats, **AMAX_CONFIG)
     return stats
 
 
@@ -188,8 +189,10 @@ def quantize(
     s_t = x.new_empty((), dtype=torch.float32)
     stats = tensor_stats(x)
     if x.numel():
-        grid = (triton.cdiv(rows, QUANTIZE_CONFIG["BLOCK_R"]), triton.cdiv(cols, QUANTIZE_CONFIG["BLOCK_C"]))
-        _quantize_kernel[grid](
+        grid = (cdiv(rows, QUANTIZE_CONFIG["BLOCK_R"]), cdiv(cols, QUANTIZE_CONFIG["BLOCK_C"]))
+        launch(
+            _quantize_kernel,
+            grid,
             x,
             rows,
             cols,
