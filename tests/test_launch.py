@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
@@ -34,6 +36,12 @@ def test_trailing_arguments_follow_parameter_order_with_defaults():
     assert launcher._trailing_arguments(_scaled_copy, 4, {"NEGATE": True, "BLOCK": 64}) == (64, True)
     with pytest.raises(TypeError, match="factor"):
         launcher._trailing_arguments(_scaled_copy, 3, {"BLOCK": 64})
+
+
+@given(st.integers(0, 2**40), st.integers(1, 2**20))
+def test_cdiv_is_the_smallest_count_of_b_sized_blocks_covering_a(a, b):
+    blocks = launcher.cdiv(a, b)
+    assert blocks * b >= a and (blocks - 1) * b < max(a, 1)
 
 
 def _expected(src: torch.Tensor, factor: float, negate: bool) -> torch.Tensor:
