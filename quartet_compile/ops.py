@@ -113,11 +113,12 @@ that a training step pays twice per linear layer (``bench/results/host-overhead.
 implementations always return fresh tensors, which is what the aliasing check verifies."""
 
 
-def _define(fn: Any, dispatch_key: str = "CompositeExplicitAutograd") -> None:
-    """Define ``quartet::<fn name>`` with the schema of ``fn``'s type hints, implemented by ``fn``."""
+def _define(fn: Any) -> None:
+    """Define ``quartet::<fn name>`` with the schema of ``fn``'s type hints, implemented by ``fn``
+    for every device (it dispatches to the kernels or the reference itself)."""
     name = fn.__name__.removesuffix("_op")
     _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=()))
-    _LIBRARY.impl(name, fn, dispatch_key)
+    _LIBRARY.impl(name, fn, "CompositeExplicitAutograd")
 
 
 def linear(
@@ -237,9 +238,12 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.save_for_backward(x if keep_x else None, weight if keep_w else None, *output[1:])
     ctx.args = (recipe, four_over_six, rng, x.dtype, weight.dtype)
     ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.set_materialize_grads(False)  # no zero tensors (and launches) for the FP4 outputs' grads
 
 
-def _backward(ctx: Any, grad: Tensor, *_unused_grads: Tensor) -> tuple[Tensor | None, ...]:
+def _backward(ctx: Any, grad: Tensor | None, *_unused_grads: Tensor | None) -> tuple[Tensor | None, ...]:
+    if grad is None:
+        return (None,) * 6
     needs_dx, needs_dw, needs_db = ctx.needs_input_grad[:3]
     dx, dw = torch.ops.quartet.linear_backward(grad, *ctx.saved_tensors, *ctx.args, needs_dx, needs_dw)
     db = grad.float().sum(0).to(ctx.bias_dtype) if needs_db and ctx.bias_dtype is not None else None
