@@ -7,7 +7,7 @@ checks the kernel's globals. That host time bounded the 1B training step
 *call signature* (kernel, device, argument dtypes, 16-byte alignment of every pointer, exact
 integer values and options), keeps the compiled kernel Triton returned for it, and later hands the
 arguments straight to that kernel's launcher (``bench/results/host-overhead.md``: a layer's
-backward 899 -> 610 us of host time). The signature is at least as fine as Triton's
+backward 672 -> 458 us of host time). The signature is at least as fine as Triton's
 specialization (which depends on dtypes, 16-byte pointer divisibility and integer values), so a
 cached kernel is the one ``kernel[grid]`` would pick. Interpreted kernels (``TRITON_INTERPRET=1``)
 and registered launch hooks (profilers) take the ordinary path.
