@@ -52,6 +52,7 @@ def _expected(src: torch.Tensor, factor: float, negate: bool) -> torch.Tensor:
 def test_cached_launches_equal_jit_launches_and_skip_the_jit_path(monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+    monkeypatch.setattr(launcher, "_compiled", {})
     calls = []
     original = JITFunction.run
     monkeypatch.setattr(JITFunction, "run", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
