@@ -29,8 +29,9 @@ from quartet_compile.kernels import gemm as gemm_module
 from quartet_compile.kernels import ms_eden as ms_eden_module
 from quartet_compile.kernels import quantize as quantize_module
 from quartet_compile.kernels.gemm import cublas_gemm, dequant_gemm, tma_gemm
-from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
+from quartet_compile.kernels.ms_eden import ms_eden
 from quartet_compile.kernels.quantize import quantize, tensor_amax
+from quartet_compile.kernels.rotation import rotation_matrix
 from quartet_compile.ops import op_arguments, quartet_linear_op
 from quartet_compile.reference import random_signs
 

@@ -19,8 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 from quartet_compile.bench import report
 from quartet_compile.kernels import ms_eden as ms_eden_module
 from quartet_compile.kernels import quantize as quantize_module
-from quartet_compile.kernels.ms_eden import ms_eden, rotation_matrix
+from quartet_compile.kernels.ms_eden import ms_eden
 from quartet_compile.kernels.quantize import quantize
+from quartet_compile.kernels.rotation import rotation_matrix
 from quartet_compile.reference import random_signs
 
 REPEATS = 30

@@ -80,7 +80,7 @@ def _linear_backward(grad: Tensor, saved: Saved, config: QuartetConfig, **kwargs
     if _kernels_for(config, grad.device)[1]:
         from .kernels.linear import linear_backward
 
-        return linear_backward(grad, saved, **kwargs)
+        return linear_backward(grad, saved, config, **kwargs)
     return reference.linear_backward(grad, saved, config, **kwargs)
 
 

@@ -12,18 +12,24 @@ import triton
 import triton.language as tl
 from fp4_asserts import assert_same_fp4
 
-from quartet_compile.kernels.ms_eden import ms_eden, random_rotation, rotation_matrix
-from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e4m3_rne, e4m3_sr
+from quartet_compile.kernels.dequantize import dequantize_unscaled
+from quartet_compile.kernels.ms_eden import ms_eden
+from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e2m1_sr, e4m3_rne, e4m3_sr
+from quartet_compile.kernels.nvidia import nvidia_quantize
 from quartet_compile.kernels.quantize import quantize, tensor_amax, tensor_stats
+from quartet_compile.kernels.rotation import random_rotation, rotation_matrix
 from quartet_compile.reference import (
     decode_e2m1,
     quantize_four_over_six,
     quantize_ms_eden_rotated,
     quantize_rtn,
+    quantize_rtn_2d,
+    quantize_sr,
     random_signs,
     rht,
     round_to_e2m1,
     round_to_e4m3,
+    stochastic_round_to_e2m1,
     stochastic_round_to_e4m3,
 )
 from quartet_compile.reference.hadamard import sylvester_pm1
@@ -35,15 +41,21 @@ def _inputs(rows: int, cols: int, dtype: torch.dtype, generator: torch.Generator
 
 
 @triton.jit
-def _rounding_kernel(x_ptr, u_ptr, q_ptr, code_ptr, e4m3_ptr, sr_ptr, n, BLOCK: tl.constexpr):
+def _rounding_kernel(
+    x_ptr, u_ptr, q_ptr, code_ptr, e4m3_ptr, sr_ptr, e2m1_sr_ptr, e2m1_sr_code_ptr, n, BLOCK: tl.constexpr
+):
     i = tl.arange(0, BLOCK)
     mask = i < n
     x = tl.load(x_ptr + i, mask=mask)
+    uniform = tl.load(u_ptr + i, mask=mask)
     q, code = e2m1_round_code(x)
     tl.store(q_ptr + i, q, mask=mask)
     tl.store(code_ptr + i, code, mask=mask)
     tl.store(e4m3_ptr + i, e4m3_rne(tl.abs(x)), mask=mask)
-    tl.store(sr_ptr + i, e4m3_sr(tl.abs(x), tl.load(u_ptr + i, mask=mask)), mask=mask)
+    tl.store(sr_ptr + i, e4m3_sr(tl.abs(x), uniform), mask=mask)
+    q_sr, code_sr = e2m1_sr(x, uniform)
+    tl.store(e2m1_sr_ptr + i, q_sr, mask=mask)
+    tl.store(e2m1_sr_code_ptr + i, code_sr, mask=mask)
 
 
 def rounding(generator: torch.Generator) -> None:
@@ -57,14 +69,25 @@ def rounding(generator: torch.Generator) -> None:
     x = torch.cat([x, torch.nextafter(x, torch.full_like(x, float("inf"))), torch.nextafter(x, torch.zeros_like(x))])
     x = torch.cat([x, -x])
     n = x.numel()
+    # Uniform draws just below, at and above each SR threshold too: the comparison is strict.
     uniforms = torch.rand(n, generator=generator)
+    fraction = (x.abs().clamp(max=6.0) - decode_e2m1(stochastic_round_to_e2m1(x, torch.ones(n)))).abs()
+    step = torch.where(x.abs() < 2, 0.5, torch.where(x.abs() < 4, 1.0, 2.0))
+    threshold = (fraction / step).clamp(max=torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
+    pick = torch.rand(n, generator=generator)
+    uniforms = torch.where(pick < 0.2, threshold, uniforms)
+    uniforms = torch.where((pick >= 0.2) & (pick < 0.3), torch.nextafter(threshold, torch.zeros(n)), uniforms)
     q, code, e4, sr = torch.empty(n), torch.empty(n, dtype=torch.int32), torch.empty(n), torch.empty(n)
-    _rounding_kernel[(1,)](x, uniforms, q, code, e4, sr, n, BLOCK=triton.next_power_of_2(n))
+    q_sr, code_sr = torch.empty(n), torch.empty(n, dtype=torch.int32)
+    _rounding_kernel[(1,)](x, uniforms, q, code, e4, sr, q_sr, code_sr, n, BLOCK=triton.next_power_of_2(n))
     expected = round_to_e2m1(x)
     assert torch.equal(code.to(torch.uint8), expected), x[code.to(torch.uint8) != expected]
     assert torch.equal(q, decode_e2m1(expected))
     assert torch.equal(e4, round_to_e4m3(x.abs()))
     assert torch.equal(sr, stochastic_round_to_e4m3(x.abs(), uniforms))
+    expected_sr = stochastic_round_to_e2m1(x, uniforms)
+    assert torch.equal(code_sr.to(torch.uint8), expected_sr), x[code_sr.to(torch.uint8) != expected_sr]
+    assert torch.equal(q_sr.view(torch.int32), decode_e2m1(expected_sr).view(torch.int32))
 
 
 @triton.jit
@@ -141,6 +164,16 @@ def forward_quantize(generator: torch.Generator) -> None:
         for four_over_six in (False, True):
             ref = (quantize_four_over_six if four_over_six else quantize_rtn)(x)
             assert_same_fp4(quantize(x, four_over_six=four_over_six).fp4, ref)
+    for dtype in (torch.float32, torch.bfloat16):  # 16x16 tiles (the nvidia recipe's weights)
+        x = _inputs(48, 272, dtype, generator)
+        x[16:32] *= 1e-3  # tiles of very different magnitudes, one block of a tile far below its max
+        k = quantize(x, tile_2d=True, unscaled_bf16=True)
+        assert_same_fp4(k.fp4, quantize_rtn_2d(x))
+        assert torch.equal(k.unscaled_bf16.float(), quantize_rtn_2d(x).dequantize_unscaled())
+    q = quantize(_inputs(40, 96, torch.float32, generator), four_over_six=True).fp4
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert torch.equal(dequantize_unscaled(q, dtype=dtype).float(), q.dequantize_unscaled())
+        assert torch.equal(dequantize_unscaled(q, transpose=True, dtype=dtype).float(), q.dequantize_unscaled().T)
     zero = quantize(torch.zeros(16, 32)).fp4
     assert zero.tensor_scale.item() == 1.0 and not zero.dequantize().any()
     bad = _inputs(16, 32, torch.float32, generator)
@@ -182,6 +215,56 @@ def ms_eden_stage(generator: torch.Generator) -> None:
     other: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed + 1, debug=other)
     assert not torch.equal(again["uniforms"], other["uniforms"]), "the seed must change the draws"
+
+
+def nvidia_stage(generator: torch.Generator) -> None:
+    """The nvidia recipe's backward quantizers: SR of g, RHT-16 + SR of g^T, RHT-16 + RTN of
+    x^T, from bf16, fp16 and float32 sources, both division paths; bit-identical after the
+    rotation given the kernel's rotated tensor and uniforms."""
+    signs = random_signs(16, generator, torch.device("cpu"))
+    rotation = rotation_matrix(signs)
+    seed = torch.randint(0, 2**62, (), generator=generator)
+    g = _inputs(48, 64, torch.float32, generator)
+    cases = [
+        (g.bfloat16(), False, None),
+        (g.bfloat16() * 1e-28, False, None),  # tensor scale below FAST_DIVISION_SCALE_MIN
+        (g.bfloat16(), True, rotation),
+        (g.half(), True, rotation),
+        (g, True, rotation),
+    ]
+    for operand, transpose, rot in cases:
+        exact = (operand.T if transpose else operand).float()
+        for stochastic in (True, False):
+            debug: dict[str, torch.Tensor] = {}
+            k = nvidia_quantize(
+                operand,
+                seed=seed if stochastic else None,
+                rotation=rot,
+                transpose=transpose,
+                unscaled_bf16=True,
+                debug=debug,
+            )
+            if rot is None:
+                assert torch.equal(debug["rotated"], exact)
+            else:
+                ref_rotated = rht(exact, signs)
+                assert (debug["rotated"] - ref_rotated).norm() <= 1e-6 * ref_rotated.norm()
+            if stochastic:
+                ref = quantize_sr(debug["rotated"], uniforms=debug["uniforms"])
+            else:
+                ref = quantize_rtn(debug["rotated"])
+            assert_same_fp4(k.fp4, ref)
+            assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
+    first: dict[str, torch.Tensor] = {}
+    nvidia_quantize(g, seed=seed, debug=first)
+    again: dict[str, torch.Tensor] = {}
+    nvidia_quantize(g, seed=seed, debug=again)
+    other: dict[str, torch.Tensor] = {}
+    nvidia_quantize(g, seed=seed + 1, debug=other)
+    assert torch.equal(first["uniforms"], again["uniforms"])
+    assert not torch.equal(first["uniforms"], other["uniforms"]), "the seed must change the draws"
+    # Element i takes output i % 4 of Philox at offset i // 4: no two elements share a draw.
+    assert first["uniforms"].unique().numel() > 0.99 * first["uniforms"].numel()
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from quartet_compile.kernels import blackwell, gemm, ms_eden, quantize  # noqa: E402
+from quartet_compile.kernels import blackwell, gemm, ms_eden, nvidia, quantize  # noqa: E402
 
 CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
 
 
-@pytest.mark.parametrize("check", ["rounding", "division", "forward_quantize", "ms_eden_stage"])
+@pytest.mark.parametrize("check", ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage"])
 def test_kernel_matches_reference_in_triton_interpreter(check):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, str(CHECKS), check], env=env, capture_output=True, text=True, timeout=900)
@@ -130,8 +130,8 @@ def _assert_exact_rounding(kernel, signature: dict[str, str], constexprs: dict) 
     return ptx
 
 
-@pytest.mark.parametrize("four_over_six", [False, True])
-def test_quantize_kernel_ptx_rounds_exactly(four_over_six):
+@pytest.mark.parametrize(("four_over_six", "tile_2d"), [(False, False), (True, False), (False, True)])
+def test_quantize_kernel_ptx_rounds_exactly(four_over_six, tile_2d):
     signature = {
         "x_ptr": "*bf16",
         "rows": "i32",
@@ -147,7 +147,14 @@ def test_quantize_kernel_ptx_rounds_exactly(four_over_six):
         "value_max_times_scale_max": "fp32",
         "alt_factor": "fp32",
     }
-    constexprs = {"FOUR_OVER_SIX": four_over_six, "STORE_CODES": True, "STORE_DEQ": True, "BLOCK_R": 32, "BLOCK_C": 128}
+    constexprs = {
+        "FOUR_OVER_SIX": four_over_six,
+        "TILE_2D": tile_2d,
+        "STORE_CODES": True,
+        "STORE_DEQ": True,
+        "BLOCK_R": 32,
+        "BLOCK_C": 128,
+    }
     _assert_exact_rounding(quantize._quantize_kernel, signature, constexprs)
 
 
@@ -190,3 +197,40 @@ def test_ms_eden_kernel_ptx_rounds_exactly():
     # thread: the only shuffles left sum the EDEN correction over a row's four lanes (a
     # layout that spreads blocks over lanes compiles to 128 here).
     assert len(re.findall(r"shfl\.sync", ptx)) <= 8
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_nvidia_kernel_ptx_rounds_exactly(rotate):
+    signature = {
+        "src_ptr": "*bf16",
+        "rotation_ptr": "*bf16",
+        "stride_rot_k": "i32",
+        "stride_rot_n": "i32",
+        "rows": "i32",
+        "cols": "i32",
+        "stride_r": "i32",
+        "stride_c": "i32",
+        "stats_ptr": "*fp32",
+        "seed_ptr": "*i64",
+        "codes_ptr": "*u8",
+        "scales_ptr": "*u8",
+        "deq_ptr": "*bf16",
+        "tensor_scale_ptr": "*fp32",
+        "rotated_ptr": "*fp32",
+        "uniforms_ptr": "*fp32",
+        "value_max": "fp32",
+        "value_max_times_scale_max": "fp32",
+    }
+    constexprs = {
+        "AMAX_PASS": False,
+        "ROTATE": rotate,
+        "STOCHASTIC": True,
+        "SPLITS": 1,
+        "EMULATED": False,
+        "STORE_CODES": True,
+        "STORE_DEQ": True,
+        "DEBUG": False,
+        **{k: v for k, v in nvidia.NVIDIA_CONFIG.items() if not k.startswith("num_")},
+    }
+    ptx = _assert_exact_rounding(nvidia._nvidia_kernel, signature, constexprs)
+    assert bool(re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n16k16\.f32\.bf16\.bf16", ptx)) == rotate

@@ -275,9 +275,12 @@ def _has_tma(device: torch.device) -> bool:
 
 
 def tma_compatible(a_unscaled: Tensor, b_unscaled: Tensor, out_dtype: torch.dtype) -> bool:
-    """Whether :func:`tma_gemm` can run: a Hopper-or-newer GPU, nonempty row-major operands
-    and output rows whose starts are 16-byte aligned."""
+    """Whether :func:`tma_gemm` can run: a Hopper-or-newer GPU, nonempty row-major operands of
+    one 16-bit dtype (a float32 ``tl.dot`` would round its inputs to TF32) and output rows
+    whose starts are 16-byte aligned."""
     if a_unscaled.device.type != "cuda" or not _has_tma(a_unscaled.device):
+        return False
+    if a_unscaled.dtype != b_unscaled.dtype or a_unscaled.dtype not in (torch.bfloat16, torch.float16):
         return False
     if min(*a_unscaled.shape, *b_unscaled.shape) == 0:
         return False

@@ -1,14 +1,17 @@
 """The quantized linear layer on CUDA from the Triton kernels: what ``quartet::linear`` and
 ``quartet::linear_backward`` run on a CUDA tensor (``quartet_compile.ops`` dispatches here).
 
-Covered: RTN or 4/6 forward (``quartet2``, ``quartet2-no46``, ``fp4-forward``) and the MS-EDEN
-backward (``quartet2``, ``quartet2-no46``). Other recipe parts (the ``nvidia`` recipe's
-16x16 weight blocks and SR backward, the high-precision backward of ``fp4-forward`` and
-``bf16``) run the reference on the GPU, which computes the same numbers more slowly.
+Covered: every quantized recipe. Forward: RTN or 4/6 (``quartet2``, ``quartet2-no46``,
+``fp4-forward``), and RTN with 16x16 weight tiles (``nvidia``). Backward: MS-EDEN
+(``quartet2``, ``quartet2-no46``), SR with RHT-16 on the weight gradient (``nvidia``), and
+the high-precision GEMMs of ``fp4-forward`` on the dequantized saved operands (bf16 and
+fp16 gradients; a float32 gradient runs the reference, whose float32 GEMMs these would
+otherwise round to bf16). ``bf16`` runs the reference, which is ``F.linear``.
 
 Randomness of the backward comes from the recipe's generator (PyTorch's default CUDA
-generator unless a ``seed`` is configured): 128 rotation signs, then four Philox seeds, one
-per quantized operand, drawn as device tensors, so CUDA-graph replays draw fresh values.
+generator unless a ``seed`` is configured): the rotation signs (128 for MS-EDEN, 16 for
+``nvidia``), then one Philox seed per stochastically quantized operand, drawn as device
+tensors, so CUDA-graph replays draw fresh values.
 Every launch costs host time (the 1B model at batch 1 is bound by it), so the backward
 draws the signs in one launch and zeroes the four amax scratch buffers in one, and splits
 the seeds and buffers with one ``unbind`` each rather than eight indexing ops.
@@ -22,20 +25,23 @@ import torch
 from torch import Tensor
 
 from ..config import BackwardQuant, ForwardQuant, QuartetConfig
-from ..reference.linear import Saved
+from ..reference import linear as reference
+from ..reference.linear import NVIDIA_RHT_SIZE, Saved
 from ..reference.nvfp4 import NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP
 from ..reference.randomness import RandomSource, as_generator
+from .dequantize import dequantize_unscaled
 from .gemm import unscaled_gemm
-from .ms_eden import ms_eden, random_rotation
+from .ms_eden import ms_eden
+from .nvidia import nvidia_quantize
 from .quantize import Quantized, quantize
+from .rotation import random_rotation
 
 
 def supports(config: QuartetConfig) -> tuple[bool, bool]:
-    """Whether the kernels implement ``config``'s (forward, backward)."""
-    forward = config.forward_quant in (ForwardQuant.RTN, ForwardQuant.FOUR_OVER_SIX)
-    backward = forward and config.backward_quant is BackwardQuant.MS_EDEN
-    return forward, backward
+    """Whether the kernels implement ``config``'s (forward, backward): every quantized recipe."""
+    quantized = config.forward_quant is not ForwardQuant.NONE
+    return quantized, quantized
 
 
 def gemm(a: Quantized, b: Quantized, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
@@ -46,11 +52,15 @@ def gemm(a: Quantized, b: Quantized, out_dtype: torch.dtype, bias: Tensor | None
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, config: QuartetConfig) -> tuple[Tensor, Saved]:
-    """``x [T, K] @ weight [N, K]^T + bias``: quantize both (RTN or 4/6), one NVFP4 GEMM."""
+    """``x [T, K] @ weight [N, K]^T + bias``: quantize both (RTN, 4/6, or for ``nvidia`` RTN
+    with 16x16 weight tiles), one NVFP4 GEMM. ``nvidia`` saves ``x`` itself (its backward
+    rotates it), so its FP4 codes are never written."""
     four_over_six = config.forward_quant is ForwardQuant.FOUR_OVER_SIX
-    xq = quantize(x, four_over_six=four_over_six, unscaled_bf16=True)
-    wq = quantize(weight, four_over_six=four_over_six, unscaled_bf16=True)
-    return gemm(xq, wq, x.dtype, bias), Saved(xq=xq.fp4, wq=wq.fp4)
+    nvidia = config.forward_quant is ForwardQuant.NVIDIA
+    xq = quantize(x, four_over_six=four_over_six, codes=not nvidia, unscaled_bf16=True)
+    wq = quantize(weight, four_over_six=four_over_six, tile_2d=nvidia, unscaled_bf16=True)
+    saved = Saved(x=x, wq=wq.fp4) if nvidia else Saved(xq=xq.fp4, wq=wq.fp4)
+    return gemm(xq, wq, x.dtype, bias), saved
 
 
 def _ms_eden_gemm(
@@ -70,15 +80,8 @@ def _ms_eden_gemm(
     return gemm(aq, bq, out_dtype)
 
 
-def linear_backward(
-    grad: Tensor,
-    saved: Saved,
-    *,
-    dtypes: tuple[torch.dtype, torch.dtype],
-    needs: tuple[bool, bool],
-    source: RandomSource,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Quartet II backward: MS-EDEN on both operands of dgrad (along N) and wgrad (along T)."""
+def _backward_ms_eden(grad, saved, dtypes, needs, source):
+    """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T)."""
     generator = as_generator(source, grad.device)
     rotation = random_rotation(EDEN_GROUP, generator, grad.device)
     seeds = torch.randint(0, 2**62, (4,), generator=generator, device=grad.device).unbind()
@@ -86,3 +89,61 @@ def linear_backward(
     dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], stats[:2], dtypes[0]) if needs[0] else None
     dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:], stats[2:], dtypes[1]) if needs[1] else None
     return dx, dw
+
+
+def _dequantized_gemm(a: Tensor, saved: NVFP4Tensor, scale_a: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``(a deq(saved)) scale_a``: the saved operand's exact unscaled values, transposed so
+    that the reduction runs along its rows, with both tensor scales in the epilogue."""
+    b = dequantize_unscaled(saved, transpose=True, dtype=a.dtype)
+    return unscaled_gemm(a, b, scale_a, saved.tensor_scale, out_dtype)
+
+
+def _backward_high_precision(grad, saved, dtypes, needs, source):
+    """``fp4-forward``: the two GEMMs of autograd's linear backward on the dequantized saved
+    operands, float32 accumulation."""
+    one = grad.new_ones((), dtype=torch.float32)
+    dx = _dequantized_gemm(grad, saved.wq, one, dtypes[0]) if needs[0] else None
+    dw = _dequantized_gemm(grad.T, saved.xq, one, dtypes[1]) if needs[1] else None
+    return dx, dw
+
+
+def _backward_nvidia(grad, saved, dtypes, needs, source):
+    """``nvidia``: SR of ``g`` against the saved 16x16-tile weight for dgrad; RHT-16 along the
+    tokens, then SR of ``g^T`` and RTN of ``x^T``, for wgrad."""
+    generator = as_generator(source, grad.device)
+    rotation = random_rotation(NVIDIA_RHT_SIZE, generator, grad.device)
+    seeds = torch.randint(0, 2**62, (2,), generator=generator, device=grad.device).unbind()
+    stats = torch.zeros(3, 2, dtype=torch.float32, device=grad.device).unbind()
+    options = {"codes": False, "unscaled_bf16": True}
+    dx = dw = None
+    if needs[0]:
+        gq = nvidia_quantize(grad, seed=seeds[0], stats=stats[0], **options)
+        dx = _dequantized_gemm(gq.unscaled_bf16, saved.wq, gq.tensor_scale, dtypes[0])
+    if needs[1]:
+        gtq = nvidia_quantize(grad, seed=seeds[1], rotation=rotation, transpose=True, stats=stats[1], **options)
+        xtq = nvidia_quantize(saved.x, seed=None, rotation=rotation, transpose=True, stats=stats[2], **options)
+        dw = gemm(gtq, xtq, dtypes[1])
+    return dx, dw
+
+
+_BACKWARDS = {
+    BackwardQuant.NONE: _backward_high_precision,
+    BackwardQuant.MS_EDEN: _backward_ms_eden,
+    BackwardQuant.NVIDIA: _backward_nvidia,
+}
+
+
+def linear_backward(
+    grad: Tensor,
+    saved: Saved,
+    config: QuartetConfig,
+    *,
+    dtypes: tuple[torch.dtype, torch.dtype],
+    needs: tuple[bool, bool],
+    source: RandomSource,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(dx [T, K], dW [N, K])`` for ``grad [T, N]`` with ``config``'s backward; ``None`` where
+    not ``needs``."""
+    if config.backward_quant is BackwardQuant.NONE and grad.dtype not in (torch.bfloat16, torch.float16):
+        return reference.linear_backward(grad, saved, config, dtypes=dtypes, needs=needs, source=source)
+    return _BACKWARDS[config.backward_quant](grad, saved, dtypes, needs, source)

@@ -6,10 +6,8 @@ is a strided read, never a materialised transpose) or from a saved FP4 tensor, d
 and transposed in registers (the re-quantization of SPEC 4, with no bf16 round trip
 through memory).
 
-The rotation is one tensor-core product per 128-column group with the +-1 matrix ``D H``
-(exact in bf16; fp16/fp32 sources are split into 2/3 exact bf16 parts). Its float32
-accumulation order is the hardware's, so rotated values may differ from the reference's in
-the last bits; everything after the rotation is bit-for-bit ``reference.quantize_ms_eden_rotated``
+The rotation is one tensor-core product per 128-column group (:mod:`.rotation`); everything
+after it is bit-for-bit ``reference.quantize_ms_eden_rotated``
 given the same rotated tensor and the same uniforms (tested with ``debug`` outputs).
 
 The tensor scale needs the amax of the *rotated* tensor, so the kernel runs twice: an amax
@@ -28,7 +26,6 @@ from torch import Tensor
 from ..reference.formats import E2M1_MAX
 from ..reference.nvfp4 import BLOCK, NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
-from ..reference.randomness import RandomSource, uniform
 from .launch import cdiv, launch
 from .nvfp4_math import (
     accumulate_stats,
@@ -44,35 +41,12 @@ from .nvfp4_math import (
     tree_sum8,
 )
 from .quantize import EXACT, Quantized
+from .rotation import SPLITS, dot_split
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
 MS_EDEN_CONFIG = {"BLOCK_R": 64, "num_warps": 4, "maxnreg": 168}
 """Rows per program (each program owns one 128-column group), warps, and a register cap that
 fits three programs per SM instead of two (``bench/kernels.py --tune``)."""
-_SPLITS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
-
-
-@triton.jit
-def _dot(a, b, acc, EMULATED: tl.constexpr):
-    """bf16 tensor-core product; in float32 when EMULATED (the Triton interpreter's bf16 dot
-    is wrong, and every operand here is exact in both)."""
-    if EMULATED:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=tl.float32)
-    return tl.dot(a, b, acc, out_dtype=tl.float32)
-
-
-@triton.jit
-def _dot_split(x, rotation, SPLITS: tl.constexpr, EMULATED: tl.constexpr):
-    """``x @ rotation`` with ``x`` cut into SPLITS exact bf16 parts (hi + mid + lo)."""
-    hi = x.to(tl.bfloat16)
-    acc = _dot(hi, rotation, None, EMULATED)
-    if SPLITS > 1:
-        rest = x.to(tl.float32) - hi.to(tl.float32)
-        mid = rest.to(tl.bfloat16)
-        acc = _dot(mid, rotation, acc, EMULATED)
-        if SPLITS > 2:
-            acc = _dot((rest - mid.to(tl.float32)).to(tl.bfloat16), rotation, acc, EMULATED)
-    return acc
 
 
 @triton.jit
@@ -110,11 +84,11 @@ def _rotated_tile(
         )
         values = tl.reshape(e2m1_value(codes), (128, BLOCK_R // 16, 16)) * e4m3_value(scale_bits)[:, :, None]
         tile = tl.trans(tl.reshape(values, (128, BLOCK_R))).to(tl.bfloat16)
-        acc = _dot(tile, rotation, None, EMULATED)
+        acc = dot_split(tile, rotation, 1, EMULATED)
         return acc * (INV_SQRT_GROUP * tl.load(src_tensor_scale_ptr))
     c = c0 + g
     x = tl.load(src_ptr + r.to(tl.int64)[:, None] * stride_r + c[None, :] * stride_c, mask=row_ok[:, None], other=0.0)
-    return _dot_split(x, rotation, SPLITS, EMULATED) * INV_SQRT_GROUP
+    return dot_split(x, rotation, SPLITS, EMULATED) * INV_SQRT_GROUP
 
 
 @triton.jit
@@ -255,45 +229,6 @@ def _ms_eden_kernel(
     )
 
 
-@triton.jit
-def _rotation_kernel(signs_ptr, out_ptr, N: tl.constexpr, FROM_UNIFORMS: tl.constexpr):
-    """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``signs[i]``, stored
-    column-major; the parity of up to 16 bits is folded with shifts. FROM_UNIFORMS: the
-    signs are uniform draws, mapped as :func:`reference.random_signs` maps them."""
-    i = tl.arange(0, N)
-    bits = i[:, None] & i[None, :]
-    for shift in tl.static_range(4):
-        bits = bits ^ (bits >> (8 >> shift))
-    sign = tl.load(signs_ptr + i)[:, None]
-    if FROM_UNIFORMS:
-        sign = tl.where(sign < 0.5, -1.0, 1.0)
-    tl.store(out_ptr + i[:, None] + i[None, :] * N, tl.where((bits & 1) == 1, -sign, sign).to(tl.bfloat16))
-
-
-def _rotation(signs: Tensor, from_uniforms: bool) -> Tensor:
-    n = signs.numel()
-    if n & (n - 1) or not 1 <= n <= 2**16:
-        raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
-    out = torch.empty_strided((n, n), (1, n), dtype=torch.bfloat16, device=signs.device)
-    launch(_rotation_kernel, (1,), signs.to(torch.float32), out, N=n, FROM_UNIFORMS=from_uniforms)
-    return out
-
-
-def rotation_matrix(signs: Tensor) -> Tensor:
-    """``D H`` as bf16 ``[n, n]`` (entries +-1, exact): one per backward call, shared by both
-    operands of each GEMM so that the rotation cancels in the product. One launch, where
-    building ``H`` from tensor ops took about 25. Stored column-major (strides ``(1, n)``):
-    the MS-EDEN kernel gathers whole columns in :func:`_accumulator_order`, and contiguous
-    columns keep those loads vectorized."""
-    return _rotation(signs, from_uniforms=False)
-
-
-def random_rotation(n: int, source: RandomSource, device: torch.device) -> Tensor:
-    """``rotation_matrix(random_signs(n, source, device))`` from the same single draw, in two
-    launches instead of four: the kernel turns the uniforms into signs."""
-    return _rotation(uniform((n,), source, device), from_uniforms=True)
-
-
 def ms_eden(
     operand: Tensor | NVFP4Tensor,
     rotation: Tensor,
@@ -327,7 +262,7 @@ def ms_eden(
         src = operand.T if transpose else operand
         rows, cols = src.shape
         device, strides = src.device, (src.stride(0), src.stride(1))
-        splits = _SPLITS[src.dtype]
+        splits = SPLITS[src.dtype]
     if cols % EDEN_GROUP or rows % BLOCK:
         raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
     out_codes = torch.empty(rows, cols // 2, dtype=torch.uint8, device=device) if codes else None

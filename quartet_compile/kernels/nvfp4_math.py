@@ -145,6 +145,27 @@ def e2m1_round_code(u):
     return q, code | ((sign >> 28) & 8)
 
 
+@triton.jit
+def e2m1_sr(u, uniform):
+    """Stochastic rounding onto the E2M1 grid (``reference.formats.stochastic_round_to_e2m1``):
+    ``|u|`` (saturated at 6) goes up to the next grid point when ``uniform`` is below its
+    fractional distance from the point below. Returns the value carrying the sign bit of
+    ``u`` and the code (0..15). The grid spacing (0.5, 1 or 2) is a power of two, so the
+    distance and its scaling are exact, as in the reference's division by the step."""
+    m = tl.minimum(tl.abs(u), 6.0)
+    spacing = tl.where(m < 2.0, 0.5, tl.where(m < 4.0, 1.0, 2.0))
+    inv_spacing = tl.where(m < 2.0, 2.0, tl.where(m < 4.0, 1.0, 0.5))
+    steps = tl.floor(m * inv_spacing)
+    low = steps * spacing
+    up = uniform < (m - low) * inv_spacing
+    magnitude = tl.where(up, low + spacing, low)
+    sign = u.to(tl.int32, bitcast=True) & -0x80000000
+    q = (magnitude.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+    # Codes below the point: 0..3 on [0, 2) (steps of 0.5), 4..5 on [2, 4), 6..7 on [4, 6].
+    code = steps.to(tl.int32) + tl.where(m < 2.0, 0, tl.where(m < 4.0, 2, 4)) + up.to(tl.int32)
+    return q, code | ((sign >> 28) & 8)
+
+
 E2M1_TO_FP32_EXPONENT = tl.constexpr(2.0**126)
 
 

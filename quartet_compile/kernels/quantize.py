@@ -36,6 +36,8 @@ EXACT = {"enable_fp_fusion": False}
 AMAX_CONFIG = {"BLOCK_SIZE": 16384, "num_warps": 8}
 QUANTIZE_CONFIG = {"BLOCK_R": 8, "BLOCK_C": 256, "num_warps": 4}
 """Tiles of the two forward kernels (chosen with ``bench/kernels.py --tune``)."""
+TILE_2D_CONFIG = {"BLOCK_R": 16, "BLOCK_C": 128, "num_warps": 4}
+"""Tile of the 16x16-block quantizer (the ``nvidia`` recipe's weights): one tile row per program."""
 
 
 @triton.jit
@@ -72,11 +74,25 @@ def _round_half(x, s_b, d, inv_d, FAST: tl.constexpr):
 
 
 @triton.jit
-def _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX: tl.constexpr, FAST: tl.constexpr):
+def _tile_max(t):
+    """``[R, NB]`` -> the maximum of each 16-row group, broadcast back over its rows."""
+    tiles = tl.max(tl.reshape(t, (t.shape[0] // 16, 16, t.shape[1])), axis=1)
+    return tl.reshape(tl.broadcast_to(tiles[:, None, :], (t.shape[0] // 16, 16, t.shape[1])), t.shape)
+
+
+@triton.jit
+def _quantize_blocks(
+    lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX: tl.constexpr, TILE_2D: tl.constexpr, FAST: tl.constexpr
+):
     """Blocks of 16 held as halves ``lo``, ``hi`` ``[R, NB, 8]`` float32 (so that one thread owns
-    a whole block) -> (E4M3 block scales ``[R, NB]``, E2M1 values and codes of both halves)."""
+    a whole block) -> (E4M3 block scales ``[R, NB]``, E2M1 values and codes of both halves).
+    TILE_2D: every block takes the target scale of its 16x16 tile (rows aligned to 16); the
+    target is a correctly rounded division by a constant, so the tile's largest target is
+    the target of the tile's amax, as the reference computes it."""
     inv_s_t = tl.math.div_rn(1.0, s_t)
     target = block_target(lo, hi, value_max, FAST)
+    if TILE_2D:
+        target = _tile_max(target)
     s_b, d, inv_d = block_scale(target, s_t, inv_s_t, FAST)
     q_lo, code_lo, err_lo = _round_half(lo, s_b, d, inv_d, FAST)
     q_hi, code_hi, err_hi = _round_half(hi, s_b, d, inv_d, FAST)
@@ -108,6 +124,7 @@ def _quantize_kernel(
     value_max_times_scale_max,
     alt_factor,
     FOUR_OVER_SIX: tl.constexpr,
+    TILE_2D: tl.constexpr,
     STORE_CODES: tl.constexpr,
     STORE_DEQ: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -131,9 +148,13 @@ def _quantize_kernel(
         tl.store(tensor_scale_ptr, s_t)
 
     if fast_division_ok(stats_ptr, s_t):
-        s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX, True)
+        s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(
+            lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX, TILE_2D, True
+        )
     else:
-        s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX, False)
+        s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(
+            lo, hi, s_t, value_max, alt_factor, FOUR_OVER_SIX, TILE_2D, False
+        )
 
     store_half_blocks(
         codes_ptr,
@@ -175,13 +196,18 @@ def quantize(
     x: Tensor,
     *,
     four_over_six: bool = False,
+    tile_2d: bool = False,
     codes: bool = True,
     unscaled_bf16: bool = False,
 ) -> Quantized:
     """RTN ("6") or 4/6 NVFP4 quantization of a 2-D CUDA tensor (any strides) along its last
-    dimension; the numbers of ``reference.quantize_rtn`` / ``quantize_four_over_six``."""
+    dimension; the numbers of ``reference.quantize_rtn`` / ``quantize_four_over_six``, or with
+    ``tile_2d`` of ``reference.quantize_rtn_2d`` (one scale per 16x16 tile, RTN only)."""
     _check_last_dim(x, BLOCK)
     rows, cols = x.shape
+    if tile_2d and (four_over_six or rows % BLOCK):
+        raise ValueError(f"16x16 block scaling is RTN only and needs rows % 16 == 0, got {rows} rows")
+    config = TILE_2D_CONFIG if tile_2d else QUANTIZE_CONFIG
     scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
     out_codes = x.new_empty(rows, cols // 2, dtype=torch.uint8) if codes else None
     out_scales = x.new_empty(rows, cols // BLOCK, dtype=torch.uint8) if codes else None
@@ -189,7 +215,7 @@ def quantize(
     s_t = x.new_empty((), dtype=torch.float32)
     stats = tensor_stats(x)
     if x.numel():
-        grid = (cdiv(rows, QUANTIZE_CONFIG["BLOCK_R"]), cdiv(cols, QUANTIZE_CONFIG["BLOCK_C"]))
+        grid = (cdiv(rows, config["BLOCK_R"]), cdiv(cols, config["BLOCK_C"]))
         launch(
             _quantize_kernel,
             grid,
@@ -207,9 +233,10 @@ def quantize(
             E2M1_MAX * scale_max,
             FOUR_OVER_SIX_ALT_FACTOR,
             FOUR_OVER_SIX=four_over_six,
+            TILE_2D=tile_2d,
             STORE_CODES=codes,
             STORE_DEQ=unscaled_bf16,
-            **QUANTIZE_CONFIG,
+            **config,
             **EXACT,
         )
     else:

@@ -1,0 +1,84 @@
+"""Random Hadamard rotations on tensor cores, shared by MS-EDEN (RHT-128, :mod:`.ms_eden`)
+and the ``nvidia`` recipe (RHT-16 on the weight-gradient operands, :mod:`.nvidia`).
+
+The rotation ``D H`` is a +-1 matrix, exact in bf16, so a bf16 operand is rotated by one
+tensor-core product with float32 accumulation; fp16 and float32 operands are split into 2
+or 3 exact bf16 parts first. The accumulation order is the hardware's, so rotated values
+may differ from ``reference.rht`` in the last bits; the kernels' tests compare everything
+after the rotation bit for bit, fed the kernel's rotated tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..reference.randomness import RandomSource, uniform
+from .launch import launch
+
+SPLITS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
+"""Exact bf16 parts a source dtype is cut into for :func:`dot_split`."""
+
+
+@triton.jit
+def _dot(a, b, acc, EMULATED: tl.constexpr):
+    """bf16 tensor-core product; in float32 when EMULATED (the Triton interpreter's bf16 dot
+    is wrong, and every operand here is exact in both)."""
+    if EMULATED:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=tl.float32)
+    return tl.dot(a, b, acc, out_dtype=tl.float32)
+
+
+@triton.jit
+def dot_split(x, rotation, SPLITS: tl.constexpr, EMULATED: tl.constexpr):
+    """``x @ rotation`` with ``x`` cut into SPLITS exact bf16 parts (hi + mid + lo)."""
+    hi = x.to(tl.bfloat16)
+    acc = _dot(hi, rotation, None, EMULATED)
+    if SPLITS > 1:
+        rest = x.to(tl.float32) - hi.to(tl.float32)
+        mid = rest.to(tl.bfloat16)
+        acc = _dot(mid, rotation, acc, EMULATED)
+        if SPLITS > 2:
+            acc = _dot((rest - mid.to(tl.float32)).to(tl.bfloat16), rotation, acc, EMULATED)
+    return acc
+
+
+@triton.jit
+def _rotation_kernel(signs_ptr, out_ptr, N: tl.constexpr, FROM_UNIFORMS: tl.constexpr):
+    """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``signs[i]``, stored
+    column-major; the parity of up to 16 bits is folded with shifts. FROM_UNIFORMS: the
+    signs are uniform draws, mapped as :func:`reference.random_signs` maps them."""
+    i = tl.arange(0, N)
+    bits = i[:, None] & i[None, :]
+    for shift in tl.static_range(4):
+        bits = bits ^ (bits >> (8 >> shift))
+    sign = tl.load(signs_ptr + i)[:, None]
+    if FROM_UNIFORMS:
+        sign = tl.where(sign < 0.5, -1.0, 1.0)
+    tl.store(out_ptr + i[:, None] + i[None, :] * N, tl.where((bits & 1) == 1, -sign, sign).to(tl.bfloat16))
+
+
+def _rotation(signs: Tensor, from_uniforms: bool) -> Tensor:
+    n = signs.numel()
+    if n & (n - 1) or not 1 <= n <= 2**16:
+        raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
+    out = torch.empty_strided((n, n), (1, n), dtype=torch.bfloat16, device=signs.device)
+    launch(_rotation_kernel, (1,), signs.to(torch.float32), out, N=n, FROM_UNIFORMS=from_uniforms)
+    return out
+
+
+def rotation_matrix(signs: Tensor) -> Tensor:
+    """``D H`` as bf16 ``[n, n]`` (entries +-1, exact): one per backward call, shared by both
+    operands of each GEMM so that the rotation cancels in the product. One launch, where
+    building ``H`` from tensor ops took about 25. Stored column-major (strides ``(1, n)``):
+    the MS-EDEN kernel gathers whole columns in ``ms_eden._accumulator_order``, and contiguous
+    columns keep those loads vectorized."""
+    return _rotation(signs, from_uniforms=False)
+
+
+def random_rotation(n: int, source: RandomSource, device: torch.device) -> Tensor:
+    """``rotation_matrix(random_signs(n, source, device))`` from the same single draw, in two
+    launches instead of four: the kernel turns the uniforms into signs."""
+    return _rotation(uniform((n,), source, device), from_uniforms=True)
