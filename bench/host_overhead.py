@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from kernels import layer_step
 
 from quartet_compile import backend
 from quartet_compile import ops as ops_module
@@ -123,13 +124,6 @@ def measure() -> dict:
     g = torch.randn(128, 128, device="cuda", dtype=torch.bfloat16)
     _, saved = linear_forward(x.detach(), w.detach(), None, config)
 
-    def layer(fn) -> Callable[[], None]:
-        def run() -> None:
-            x.grad = w.grad = None
-            fn(x, w).backward(g)
-
-        return run
-
     rows = [
         _launch_row(
             "kernels forward (2 quantizers + GEMM)",
@@ -137,12 +131,12 @@ def measure() -> dict:
         ),
         _launch_row(
             "kernels backward (rotation + 4 MS-EDEN + 2 GEMMs)",
-            lambda: linear_backward(g, saved, dtypes=(torch.bfloat16,) * 2, needs=(True, True), source=None),
+            lambda: linear_backward(g, saved, config, dtypes=(torch.bfloat16,) * 2, needs=(True, True), source=None),
         ),
         _launch_row(
             "quartet2 linear fwd+bwd (ops, eager)",
-            layer(lambda a, b: quartet_linear_op(a, b, **kwargs)),
-            bf16=layer(F.linear),
+            layer_step(lambda a, b: quartet_linear_op(a, b, **kwargs), x, w, g),
+            bf16=layer_step(F.linear, x, w, g),
         ),
         _launch_row(
             "compiled step, 28 quantized linears",

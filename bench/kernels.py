@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import triton
 from quantizer_breakdown import kernel_times_us
+from torch import Tensor
 from triton.testing import do_bench
 
 from quartet_compile.config import QuartetConfig
@@ -217,21 +219,25 @@ def _host_us(fn, calls: int = 200) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+def layer_step(fn: Callable, x: Tensor, w: Tensor, g: Tensor) -> Callable[[], None]:
+    """One forward+backward of ``fn(x, w)`` against the output gradient ``g``, the grads of
+    ``x`` and ``w`` cleared first (what every layer benchmark here times)."""
+
+    def run() -> None:
+        x.grad = w.grad = None
+        fn(x, w).backward(g)
+
+    return run
+
+
 def _linear_steps(tokens: int, features: int) -> tuple:
     """bf16 and quartet2 forward+backward closures on fresh operands."""
     x = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(features, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16)
     kwargs = op_arguments(QuartetConfig(recipe="quartet2"))
-
-    def step(fn):
-        def run():
-            x.grad = w.grad = None
-            fn(x, w).backward(g)
-
-        return run
-
-    return step(lambda x, w: F.linear(x, w)), step(lambda x, w: quartet_linear_op(x, w, **kwargs)), x, w, kwargs
+    bf16 = layer_step(F.linear, x, w, g)
+    return bf16, layer_step(lambda x, w: quartet_linear_op(x, w, **kwargs), x, w, g), x, w, kwargs
 
 
 def linear_row(tokens: int = 16384, features: int = 4096) -> dict:

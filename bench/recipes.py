@@ -21,7 +21,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from kernels import copy_bandwidth, median_ms
+from kernels import copy_bandwidth, layer_step, median_ms
 from quantizer_breakdown import kernel_times_us
 
 from quartet_compile import ops
@@ -45,24 +45,16 @@ def reference_dispatch() -> Iterator[None]:
         yield
 
 
-def _step(fn: Callable, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        x.grad = w.grad = None
-        fn(x, w).backward(g)
-
-    return run
-
-
 def layer_rows(tokens: int, features: int) -> list[dict]:
     x = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(features, features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16)
-    bf16 = _step(F.linear, x, w, g)
+    bf16 = layer_step(F.linear, x, w, g)
     bf16_ms = median_ms(bf16)
     rows = [{"recipe": "bf16 (F.linear)", "kernels_ms": bf16_ms, "reference_ms": None}]
     for recipe in RECIPES:
         kwargs = op_arguments(QuartetConfig(recipe=recipe))
-        step = _step(lambda x, w, kw=kwargs: quartet_linear_op(x, w, **kw), x, w, g)
+        step = layer_step(lambda x, w, kw=kwargs: quartet_linear_op(x, w, **kw), x, w, g)
         row = {"recipe": recipe, "kernels_ms": median_ms(step)}
         launches = kernel_times_us(step)
         row["kernel_device_ms"], row["launches"] = sum(us for _, us in launches) / 1e3, len(launches)
