@@ -158,29 +158,31 @@ def test_quantize_kernel_ptx_rounds_exactly(four_over_six, tile_2d):
     _assert_exact_rounding(quantize._quantize_kernel, signature, constexprs)
 
 
+_MS_EDEN_SIGNATURE = {
+    "src_ptr": "*bf16",
+    "src_scales_ptr": "*u8",
+    "src_tensor_scale_ptr": "*fp32",
+    "rotation_ptr": "*bf16",
+    "stride_rot_k": "i32",
+    "stride_rot_n": "i32",
+    "rows": "i32",
+    "cols": "i32",
+    "stride_r": "i32",
+    "stride_c": "i32",
+    "stats_ptr": "*fp32",
+    "seed_ptr": "*i64",
+    "codes_ptr": "*u8",
+    "scales_ptr": "*u8",
+    "deq_ptr": "*bf16",
+    "tensor_scale_ptr": "*fp32",
+    "rotated_ptr": "*fp32",
+    "uniforms_ptr": "*fp32",
+    "value_max": "fp32",
+    "value_max_times_scale_max": "fp32",
+}
+
+
 def test_ms_eden_kernel_ptx_rounds_exactly():
-    signature = {
-        "src_ptr": "*bf16",
-        "src_scales_ptr": "*u8",
-        "src_tensor_scale_ptr": "*fp32",
-        "rotation_ptr": "*bf16",
-        "stride_rot_k": "i32",
-        "stride_rot_n": "i32",
-        "rows": "i32",
-        "cols": "i32",
-        "stride_r": "i32",
-        "stride_c": "i32",
-        "stats_ptr": "*fp32",
-        "seed_ptr": "*i64",
-        "codes_ptr": "*u8",
-        "scales_ptr": "*u8",
-        "deq_ptr": "*bf16",
-        "tensor_scale_ptr": "*fp32",
-        "rotated_ptr": "*fp32",
-        "uniforms_ptr": "*fp32",
-        "value_max": "fp32",
-        "value_max_times_scale_max": "fp32",
-    }
     constexprs = {
         "AMAX_PASS": False,
         "PACKED": False,
@@ -191,7 +193,7 @@ def test_ms_eden_kernel_ptx_rounds_exactly():
         "DEBUG": False,
         "BLOCK_R": 64,
     }
-    ptx = _assert_exact_rounding(ms_eden._ms_eden_kernel, signature, constexprs)
+    ptx = _assert_exact_rounding(ms_eden._ms_eden_kernel, _MS_EDEN_SIGNATURE, constexprs)
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
     # The rotation's columns are loaded in accumulator order, so every 16-block lies in one
     # thread: the only shuffles left sum the EDEN correction over a row's four lanes (a
@@ -201,26 +203,8 @@ def test_ms_eden_kernel_ptx_rounds_exactly():
 
 @pytest.mark.parametrize("rotate", [False, True])
 def test_nvidia_kernel_ptx_rounds_exactly(rotate):
-    signature = {
-        "src_ptr": "*bf16",
-        "rotation_ptr": "*bf16",
-        "stride_rot_k": "i32",
-        "stride_rot_n": "i32",
-        "rows": "i32",
-        "cols": "i32",
-        "stride_r": "i32",
-        "stride_c": "i32",
-        "stats_ptr": "*fp32",
-        "seed_ptr": "*i64",
-        "codes_ptr": "*u8",
-        "scales_ptr": "*u8",
-        "deq_ptr": "*bf16",
-        "tensor_scale_ptr": "*fp32",
-        "rotated_ptr": "*fp32",
-        "uniforms_ptr": "*fp32",
-        "value_max": "fp32",
-        "value_max_times_scale_max": "fp32",
-    }
+    # MS-EDEN's arguments without the saved-FP4 source's scales.
+    signature = {k: v for k, v in _MS_EDEN_SIGNATURE.items() if k not in ("src_scales_ptr", "src_tensor_scale_ptr")}
     constexprs = {
         "AMAX_PASS": False,
         "ROTATE": rotate,

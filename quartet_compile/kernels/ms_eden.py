@@ -35,12 +35,12 @@ from .nvfp4_math import (
     e4m3_sr,
     e4m3_value,
     fast_division_ok,
+    published_tensor_scale,
     round_half_block,
     store_half_blocks,
-    tensor_scale,
     tree_sum8,
 )
-from .quantize import EXACT, Quantized
+from .quantize import EXACT, Outputs, Quantized
 from .rotation import SPLITS, dot_split
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
@@ -193,9 +193,7 @@ def _ms_eden_kernel(
         accumulate_stats(rot, stats_ptr)
         return
 
-    s_t = tensor_scale(tl.load(stats_ptr), value_max_times_scale_max)
-    if tl.program_id(0) == 0 and tl.program_id(1) == 0:
-        tl.store(tensor_scale_ptr, s_t)
+    s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr)
     lo, hi = _halves(rot)
     blocks = c0 // 16 + tl.arange(0, 8)
     uniforms = _block_uniforms(tl.load(seed_ptr), r, tl.program_id(1), cols)
@@ -265,16 +263,13 @@ def ms_eden(
         splits = SPLITS[src.dtype]
     if cols % EDEN_GROUP or rows % BLOCK:
         raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
-    out_codes = torch.empty(rows, cols // 2, dtype=torch.uint8, device=device) if codes else None
-    out_scales = torch.empty(rows, cols // BLOCK, dtype=torch.uint8, device=device) if codes else None
-    deq = torch.empty(rows, cols, dtype=torch.bfloat16, device=device) if unscaled_bf16 else None
+    out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
     rotated = uniforms = None
     if debug is not None:
         rotated = debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
         uniforms = debug["uniforms"] = torch.empty(rows, cols // BLOCK, dtype=torch.float32, device=device)
     if stats is None:
         stats = torch.zeros(2, dtype=torch.float32, device=device)
-    s_t = torch.empty((), dtype=torch.float32, device=device)
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
     grid = (cdiv(rows, MS_EDEN_CONFIG["BLOCK_R"]), cols // EDEN_GROUP)
     src_scales = operand.scales.view(torch.uint8) if packed else None
@@ -293,10 +288,10 @@ def ms_eden(
             *strides,
             stats,
             seed,
-            out_codes,
-            out_scales,
-            deq,
-            s_t,
+            out.codes,
+            out.scales,
+            out.unscaled_bf16,
+            out.tensor_scale,
             rotated,
             uniforms,
             value_max,
@@ -311,7 +306,4 @@ def ms_eden(
             **MS_EDEN_CONFIG,
             **EXACT,
         )
-    fp4 = None
-    if codes:
-        fp4 = NVFP4Tensor(out_codes, out_scales.view(torch.float8_e4m3fn), s_t, torch.Size((rows, cols)), torch.float32)
-    return Quantized(fp4, deq, s_t)
+    return out.result(torch.Size((rows, cols)), torch.float32)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..reference.formats import E2M1_MAX, E4M3_MAX
 from ..reference.linear import NVIDIA_RHT_SIZE
-from ..reference.nvfp4 import BLOCK, NVFP4Tensor
+from ..reference.nvfp4 import BLOCK
 from ..reference.quantizers import SR_SCALE_OVERRIDE
 from .launch import cdiv, launch
 from .nvfp4_math import (
@@ -33,11 +33,11 @@ from .nvfp4_math import (
     divide,
     e2m1_sr,
     fast_division_ok,
+    published_tensor_scale,
     round_half_block,
     store_half_blocks,
-    tensor_scale,
 )
-from .quantize import EXACT, Quantized
+from .quantize import EXACT, Outputs, Quantized
 from .rotation import SPLITS, dot_split
 
 NVIDIA_CONFIG = {"BLOCK_R": 32, "BLOCK_C": 128, "num_warps": 4}
@@ -153,9 +153,7 @@ def _nvidia_kernel(
         accumulate_stats(x, stats_ptr)
         return
 
-    s_t = tensor_scale(tl.load(stats_ptr), value_max_times_scale_max)
-    if tl.program_id(0) == 0 and tl.program_id(1) == 0:
-        tl.store(tensor_scale_ptr, s_t)
+    s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr)
     lo, hi = tl.split(tl.permute(tl.reshape(x, (BLOCK_R, NB, 2, 8)), (0, 1, 3, 2)))
     if STOCHASTIC:
         u_lo, u_hi = _element_uniforms(tl.load(seed_ptr), r, blocks, cols)
@@ -219,9 +217,7 @@ def nvidia_quantize(
     rows, cols = src.shape
     device = src.device
     stochastic = seed is not None
-    out_codes = torch.empty(rows, cols // 2, dtype=torch.uint8, device=device) if codes else None
-    out_scales = torch.empty(rows, cols // BLOCK, dtype=torch.uint8, device=device) if codes else None
-    deq = torch.empty(rows, cols, dtype=torch.bfloat16, device=device) if unscaled_bf16 else None
+    out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
     rotated = uniforms = None
     if debug is not None:
         rotated = debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
@@ -229,13 +225,13 @@ def nvidia_quantize(
             uniforms = debug["uniforms"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
     if stats is None:
         stats = torch.zeros(2, dtype=torch.float32, device=device)
-    s_t = torch.empty((), dtype=torch.float32, device=device)
     value_max = E2M1_MAX / SR_SCALE_OVERRIDE if stochastic else E2M1_MAX
     grid = (cdiv(rows, NVIDIA_CONFIG["BLOCK_R"]), cdiv(cols, NVIDIA_CONFIG["BLOCK_C"]))
     rotation_strides = rotation.stride() if rotation is not None else (0, 0)
+    if not src.numel():
+        out.tensor_scale.fill_(1.0)
+        return out.result(src.shape, src.dtype)
     for amax_pass in (True, False):
-        if not src.numel():
-            break
         launch(
             _nvidia_kernel,
             grid,
@@ -247,10 +243,10 @@ def nvidia_quantize(
             *src.stride(),
             stats,
             seed,
-            out_codes,
-            out_scales,
-            deq,
-            s_t,
+            out.codes,
+            out.scales,
+            out.unscaled_bf16,
+            out.tensor_scale,
             rotated,
             uniforms,
             value_max,
@@ -266,9 +262,4 @@ def nvidia_quantize(
             **NVIDIA_CONFIG,
             **EXACT,
         )
-    if not src.numel():
-        s_t.fill_(1.0)
-    fp4 = None
-    if codes:
-        fp4 = NVFP4Tensor(out_codes, out_scales.view(torch.float8_e4m3fn), s_t, torch.Size((rows, cols)), src.dtype)
-    return Quantized(fp4, deq, s_t)
+    return out.result(src.shape, src.dtype)

@@ -24,9 +24,9 @@ from .nvfp4_math import (
     block_scale,
     block_target,
     fast_division_ok,
+    published_tensor_scale,
     round_half_block,
     store_half_blocks,
-    tensor_scale,
     tree_sum8,
 )
 
@@ -143,9 +143,7 @@ def _quantize_kernel(
     lo = tl.load(lo_ptrs, mask=mask, other=0.0).to(tl.float32)
     hi = tl.load(lo_ptrs + 8 * stride_c, mask=mask, other=0.0).to(tl.float32)
 
-    s_t = tensor_scale(tl.load(stats_ptr), value_max_times_scale_max)
-    if pid_r == 0 and pid_c == 0:
-        tl.store(tensor_scale_ptr, s_t)
+    s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr)
 
     if fast_division_ok(stats_ptr, s_t):
         s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(
@@ -184,6 +182,37 @@ class Quantized:
     tensor_scale: Tensor
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """The buffers a quantize kernel writes (every quantizer here has the same four): packed
+    codes and E4M3 scale bytes when codes are asked for, the unscaled bf16 operand when it is,
+    and the float32 tensor scale."""
+
+    codes: Tensor | None
+    scales: Tensor | None
+    unscaled_bf16: Tensor | None
+    tensor_scale: Tensor
+
+    @classmethod
+    def allocate(cls, rows: int, cols: int, device: torch.device, *, codes: bool, unscaled_bf16: bool) -> Outputs:
+        def empty(*shape: int, dtype: torch.dtype) -> Tensor:
+            return torch.empty(shape, dtype=dtype, device=device)
+
+        return cls(
+            empty(rows, cols // 2, dtype=torch.uint8) if codes else None,
+            empty(rows, cols // BLOCK, dtype=torch.uint8) if codes else None,
+            empty(rows, cols, dtype=torch.bfloat16) if unscaled_bf16 else None,
+            empty(dtype=torch.float32),
+        )
+
+    def result(self, shape: torch.Size, dtype: torch.dtype) -> Quantized:
+        """The :class:`Quantized` view of the written buffers; ``shape``, ``dtype``: the source's."""
+        fp4 = None
+        if self.codes is not None:
+            fp4 = NVFP4Tensor(self.codes, self.scales.view(torch.float8_e4m3fn), self.tensor_scale, shape, dtype)
+        return Quantized(fp4, self.unscaled_bf16, self.tensor_scale)
+
+
 def _check_last_dim(x: Tensor, multiple: int) -> None:
     if x.dim() != 2 or x.shape[1] % multiple:
         raise ValueError(
@@ -209,10 +238,7 @@ def quantize(
         raise ValueError(f"16x16 block scaling is RTN only and needs rows % 16 == 0, got {rows} rows")
     config = TILE_2D_CONFIG if tile_2d else QUANTIZE_CONFIG
     scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
-    out_codes = x.new_empty(rows, cols // 2, dtype=torch.uint8) if codes else None
-    out_scales = x.new_empty(rows, cols // BLOCK, dtype=torch.uint8) if codes else None
-    deq = x.new_empty(rows, cols, dtype=torch.bfloat16) if unscaled_bf16 else None
-    s_t = x.new_empty((), dtype=torch.float32)
+    out = Outputs.allocate(rows, cols, x.device, codes=codes, unscaled_bf16=unscaled_bf16)
     stats = tensor_stats(x)
     if x.numel():
         grid = (cdiv(rows, config["BLOCK_R"]), cdiv(cols, config["BLOCK_C"]))
@@ -225,10 +251,10 @@ def quantize(
             x.stride(0),
             x.stride(1),
             stats,
-            out_codes,
-            out_scales,
-            deq,
-            s_t,
+            out.codes,
+            out.scales,
+            out.unscaled_bf16,
+            out.tensor_scale,
             E2M1_MAX,
             E2M1_MAX * scale_max,
             FOUR_OVER_SIX_ALT_FACTOR,
@@ -240,8 +266,5 @@ def quantize(
             **EXACT,
         )
     else:
-        s_t.fill_(1.0)
-    fp4 = None
-    if codes:
-        fp4 = NVFP4Tensor(out_codes, out_scales.view(torch.float8_e4m3fn), s_t, x.shape, x.dtype)
-    return Quantized(fp4, deq, s_t)
+        out.tensor_scale.fill_(1.0)
+    return out.result(x.shape, x.dtype)
