@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst")
+DEFAULT_MAX_MB = 64
 VALIDATION_EVERY = 20
 """One file in this many (by path hash) is held out for validation."""
 
@@ -33,8 +34,14 @@ def _text_files(root: Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"no such file or directory: {root}")
+    # Installed packages under the root are skipped (the default root, the standard library, holds
+    # site-packages); a root that is itself such a folder is read.
     skip = {"site-packages", "dist-packages", "__pycache__"}
-    return sorted(p for p in root.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file() and not skip & set(p.parts))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix in TEXT_SUFFIXES and p.is_file() and not skip & set(p.relative_to(root).parts)
+    )
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class ByteCorpus:
     source: str
 
     @classmethod
-    def load(cls, path: str | Path | None = None, max_bytes: int = 64 << 20) -> ByteCorpus:
+    def load(cls, path: str | Path | None = None, max_bytes: int = DEFAULT_MAX_MB << 20) -> ByteCorpus:
         """Read ``path`` (default: the standard library) up to ``max_bytes`` in all. A single file
         is split 95/5 by position; a directory by file."""
         root = Path(path) if path is not None else stdlib_root()

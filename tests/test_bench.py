@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +59,23 @@ def test_bad_corpus_paths_are_clear_errors(tmp_path):
         ByteCorpus.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="no text files"):
         ByteCorpus.load(tmp_path)
+
+
+def test_installed_packages_are_read_only_as_the_root(tmp_path):
+    """The standard library skips its site-packages; a site-packages root (a larger corpus for
+    long runs) is read, with its own nested installs still skipped."""
+    root = tmp_path / "site-packages"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text("a" * 1_500_000)
+    (root / "pkg" / "site-packages").mkdir()
+    (root / "pkg" / "site-packages" / "b.py").write_text("b" * 500)
+    corpus = ByteCorpus.load(root)
+    assert corpus.train.numel() + corpus.val.numel() == 1_500_000
+    args = argparse.ArgumentParser()
+    cli.add_training_arguments(args, {"model": "tiny", "batch": 1, "seq_len": 8, "steps": 1, "eval_every": 1,
+                                      "lr": 1e-3, "name": "x"})  # fmt: skip
+    capped = cli.corpus_from(args.parse_args(["--data", str(root), "--data-mb", "1"]))
+    assert capped.train.numel() + capped.val.numel() == 1 << 20
 
 
 def test_default_corpus_is_the_standard_library():
@@ -210,3 +229,54 @@ def test_cli_repeats_every_variant_per_backward_seed(corpus_dir, tmp_path, capsy
 def test_cli_rejects_bad_seed_lists():
     with pytest.raises(SystemExit):
         cli.main(["--backward-seed", "1,x"])
+
+
+def _accuracy_script():
+    """``bench/accuracy.py``, a script rather than a module of the package."""
+    path = Path(__file__).parent.parent / "bench" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_merges_runs_of_several_processes(tmp_path):
+    pytest.importorskip("matplotlib")
+    accuracy = _accuracy_script()
+    meta = {**report.environment(torch.device("cpu")), "model": "tiny", "settings": {"steps": 2}}
+    report.write([_result("inductor", 20.0, 2.0)], tmp_path, "a-tiny", {**meta, "command": "first"})
+    report.write([_result("quartet2", 25.0, 2.1)], tmp_path, "b-tiny", {**meta, "command": "second"})
+    accuracy.summarize([tmp_path / "a-tiny.json", tmp_path / "b-tiny.json"], tmp_path, "ab")
+    merged, merged_meta = report.load(tmp_path / "ab-tiny.json")
+    assert [r.variant for r in merged] == ["inductor", "quartet2"]
+    assert merged_meta["command"] == "first ; second" and "+5.00% vs BF16" in merged_meta["notes"][1]
+    report.write([_result("nvidia", 25.0, 2.1)], tmp_path, "c-tiny", {**meta, "settings": {"steps": 3}})
+    with pytest.raises(SystemExit, match="settings"):
+        accuracy.summarize([tmp_path / "a-tiny.json", tmp_path / "c-tiny.json"], tmp_path, "ac")
+    report.write([_result("nvidia", 25.0, 2.1)], tmp_path, "d-tiny", {**meta, "corpus": {"source": "elsewhere"}})
+    with pytest.raises(SystemExit, match="corpus"):
+        accuracy.summarize([tmp_path / "a-tiny.json", tmp_path / "d-tiny.json"], tmp_path, "ad")
+    with pytest.raises(SystemExit, match="--out"):
+        accuracy.summarize([tmp_path / "a-tiny.json", tmp_path / "b-tiny.json"], None, "ab")
+
+
+def test_accuracy_errors_use_the_pooled_run_to_run_spread():
+    accuracy = _accuracy_script()
+    runs = [("inductor", 1.0), ("inductor", 1.2), ("quartet2", 1.1), ("quartet2", 1.3), ("nvidia", 1.4)]
+    notes = accuracy.seed_summary([_result(name, 20.0, bpb) for name, bpb in runs])
+    assert "nvidia: val bpb 1.4000 over 1 seed(s), +27.27% vs BF16" in notes
+    assert "run-to-run sd, pooled over recipes: 0.1414 (2 degrees of freedom)" in notes
+    assert "inductor < quartet2: holds (1.1000 vs 1.2000, +0.7 standard errors)" in notes
+    assert "quartet2 < nvidia: holds (1.2000 vs 1.4000, +1.2 standard errors)" in notes
+    single = accuracy.seed_summary([_result("quartet2", 20.0, 1.3), _result("nvidia", 20.0, 1.2)])
+    assert single[-1] == "quartet2 < nvidia: does NOT hold (1.3000 vs 1.2000, no repeats: no error)"
+
+
+def test_validation_gap_curves_are_against_the_mean_baseline():
+    runs = [RunResult("inductor", "tiny", 1, val_bpb=[(1, 2.0), (2, 1.0)]),
+            RunResult("inductor", "tiny", 1, val_bpb=[(1, 2.2), (2, 1.2)]),
+            RunResult("quartet2", "tiny", 1, val_bpb=[(1, 2.31), (2, 1.21), (3, 1.0)])]  # fmt: skip
+    gaps = report._val_gap_curves(runs)
+    assert list(gaps) == ["quartet2"] and [step for step, _ in gaps["quartet2"]] == [1, 2]
+    assert gaps["quartet2"][0][1] == pytest.approx(10.0) and gaps["quartet2"][1][1] == pytest.approx(10.0)
+    assert report._val_gap_curves(runs[2:]) == {}

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..data import ByteCorpus
+from ..data import DEFAULT_MAX_MB, ByteCorpus
 from ..training import VARIANTS, Kind, ModelSpec, RunResult, TrainSettings, Variant, parse_variants, train
 from . import report
 
@@ -58,6 +58,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, 
     parser.add_argument("--hf-config", help="a transformers model_type (llama, gpt2, qwen2...) or a config.json path")
     parser.add_argument("--hf-set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--data", help="text file or directory (default: the Python standard library's sources)")
+    parser.add_argument(
+        "--data-mb",
+        type=int,
+        default=DEFAULT_MAX_MB,
+        help="read at most this many MB of --data (a run of more tokens than the training bytes repeats them)",
+    )
     parser.add_argument("--batch", type=int, default=defaults["batch"])
     parser.add_argument("--seq-len", type=int, default=defaults["seq_len"])
     parser.add_argument("--steps", type=int, default=defaults["steps"])
@@ -109,6 +115,10 @@ def runs_from(args: argparse.Namespace, variant_names: Sequence[str]) -> list[tu
     return [(v, replace(base, backward_seed=s)) for v in parse_variants(list(variant_names)) for s in seeds]
 
 
+def corpus_from(args: argparse.Namespace) -> ByteCorpus:
+    return ByteCorpus.load(args.data, max_bytes=args.data_mb << 20)
+
+
 def spec_from(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(args.model, args.hf_config, _hf_overrides(args.hf_set))
 
@@ -131,7 +141,7 @@ def compare(args: argparse.Namespace, variant_names: Sequence[str]) -> list[RunR
     """Train every variant on the same data, print the tables, write the result files."""
     device = torch.device(args.device)
     print(f"Reading text from {args.data or 'the Python standard library'} ...", file=sys.stderr)
-    corpus = ByteCorpus.load(args.data)
+    corpus = corpus_from(args)
     spec, settings = spec_from(args), settings_from(args)
     print(
         f"{spec.label} on {device}: {settings.steps} steps of {settings.batch}x{settings.seq_len} bytes "

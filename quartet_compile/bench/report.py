@@ -132,8 +132,27 @@ def load(path: Path) -> tuple[list[RunResult], dict[str, Any]]:
     return [RunResult.from_json(r) for r in payload.pop("results")], payload
 
 
+def _val_gap_curves(results: Sequence[RunResult]) -> dict[str, list[tuple[int, float]]]:
+    """Per non-baseline run, its validation bpb in percent above the mean of the baseline's runs
+    (every backward seed) at each evaluated step: the gaps are a fraction of a percent of curves
+    that fall by half, and only this view shows them."""
+    base_runs = [r for r in results if r.variant == BASELINE and r.val_bpb]
+    base: dict[int, list[float]] = {}
+    for r in base_runs:
+        for step, bpb in r.val_bpb:
+            base.setdefault(step, []).append(bpb)
+    mean = {step: sum(values) / len(values) for step, values in base.items() if len(values) == len(base_runs)}
+    curves = {}
+    for r in results:
+        points = [(step, 100 * (bpb / mean[step] - 1)) for step, bpb in r.val_bpb if step in mean]
+        if r.variant != BASELINE and points:
+            curves[r.label] = points
+    return curves
+
+
 def plot(results: Sequence[RunResult], path: Path, title: str) -> Path | None:
-    """Training loss and validation bpb per step, and median step time per variant."""
+    """Training loss and validation bpb per step, median step time per variant and, with a
+    BF16 baseline, each run's validation gap to it per step."""
     try:
         import matplotlib
 
@@ -143,7 +162,15 @@ def plot(results: Sequence[RunResult], path: Path, title: str) -> Path | None:
         print("matplotlib is not installed: no plot (pip install 'quartet-compile[bench]')", file=sys.stderr)
         return None
     ok = [r for r in results if r.error is None]
-    fig, (ax_loss, ax_bpb, ax_time) = plt.subplots(1, 3, figsize=(16, 4.5))
+    gaps = _val_gap_curves(ok)
+    fig, axes = plt.subplots(1, 4 if gaps else 3, figsize=(21 if gaps else 16, 4.5))
+    ax_loss, ax_bpb, ax_time = axes[:3]
+    if gaps:
+        for label, points in gaps.items():
+            axes[3].plot(*zip(*points, strict=True), marker="o", label=label)
+        axes[3].axhline(0.0, color="black", linewidth=0.8)
+        axes[3].set(xlabel="step", ylabel="% vs mean BF16 bpb at that step", title="validation gap to BF16")
+        axes[3].legend()
     for r in ok:
         if r.losses and r.val_bpb:
             window = max(1, len(r.losses) // 50)

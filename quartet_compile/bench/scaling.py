@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from .. import distributed
-from ..data import ByteCorpus
 from ..training import ModelSpec, RunResult, TrainSettings, Variant, train
 from . import report
+from .cli import corpus_from
 
 
 def world_sizes(limit: int) -> list[int]:
@@ -47,7 +47,7 @@ def worker_argv(args: argparse.Namespace, variants: Sequence[str], ranks: int) -
         "--model", args.model, "--batch", str(args.batch * ranks), "--seq-len", str(args.seq_len),
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--eval-every", str(args.steps + 1),
         "--lr", str(args.lr), "--seed", str(args.seed), "--device", args.device, "--parallel", args.parallel,
-        "--inner-backend", args.inner_backend,
+        "--inner-backend", args.inner_backend, "--data-mb", str(args.data_mb),
         "--variants", ",".join(variants),
     ]  # fmt: skip
     for flag, value in (
@@ -67,7 +67,7 @@ def worker_argv(args: argparse.Namespace, variants: Sequence[str], ranks: int) -
 def run_worker(args: argparse.Namespace, runs: Sequence[tuple[Variant, TrainSettings]], spec: ModelSpec) -> None:
     """One rank of a ``torchrun`` launch: train every run, rank 0 writes the results."""
     device = distributed.setup(args.device)
-    corpus = ByteCorpus.load(args.data)
+    corpus = corpus_from(args)
     options = {"inner_backend": args.inner_backend}
     results = [train(variant, spec, corpus, settings, device, options) for variant, settings in runs]
     if distributed.world()[0] == 0:
