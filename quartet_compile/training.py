@@ -217,7 +217,9 @@ class _CountingBackend:
         return self.inner(gm, example_inputs, **kwargs)
 
 
-def _backend_for(variant: Variant, quartet_options: dict[str, Any]) -> _CountingBackend | None:
+def backend_for(variant: Variant, quartet_options: dict[str, Any]) -> _CountingBackend | None:
+    """The ``torch.compile`` backend of ``variant`` (``None``: eager). ``fouroversix`` compiles
+    with Inductor after :func:`train` has swapped the peer's modules in."""
     if variant.kind is Kind.EAGER:
         return None
     if variant.kind is Kind.QUARTET:
@@ -359,7 +361,7 @@ def train(
     try:
         if variant.kind is Kind.FOUROVERSIX:
             _swap_in_fouroversix(model)
-        backend = _backend_for(variant, quartet_options or {})
+        backend = backend_for(variant, quartet_options or {})
     except (ImportError, RuntimeError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result

@@ -231,10 +231,10 @@ def test_cli_rejects_bad_seed_lists():
         cli.main(["--backward-seed", "1,x"])
 
 
-def _accuracy_script():
-    """``bench/accuracy.py``, a script rather than a module of the package."""
-    path = Path(__file__).parent.parent / "bench" / "accuracy.py"
-    spec = importlib.util.spec_from_file_location("accuracy_script", path)
+def _bench_script(name: str):
+    """``bench/{name}.py``, a script rather than a module of the package."""
+    path = Path(__file__).parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -242,7 +242,7 @@ def _accuracy_script():
 
 def test_accuracy_merges_runs_of_several_processes(tmp_path):
     pytest.importorskip("matplotlib")
-    accuracy = _accuracy_script()
+    accuracy = _bench_script("accuracy")
     meta = {**report.environment(torch.device("cpu")), "model": "tiny", "settings": {"steps": 2}}
     report.write([_result("inductor", 20.0, 2.0)], tmp_path, "a-tiny", {**meta, "command": "first"})
     report.write([_result("quartet2", 25.0, 2.1)], tmp_path, "b-tiny", {**meta, "command": "second"})
@@ -261,7 +261,7 @@ def test_accuracy_merges_runs_of_several_processes(tmp_path):
 
 
 def test_accuracy_errors_use_the_pooled_run_to_run_spread():
-    accuracy = _accuracy_script()
+    accuracy = _bench_script("accuracy")
     runs = [("inductor", 1.0), ("inductor", 1.2), ("quartet2", 1.1), ("quartet2", 1.3), ("nvidia", 1.4)]
     notes = accuracy.seed_summary([_result(name, 20.0, bpb) for name, bpb in runs])
     assert "nvidia: val bpb 1.4000 over 1 seed(s), +27.27% vs BF16" in notes
@@ -280,3 +280,23 @@ def test_validation_gap_curves_are_against_the_mean_baseline():
     assert list(gaps) == ["quartet2"] and [step for step, _ in gaps["quartet2"]] == [1, 2]
     assert gaps["quartet2"][0][1] == pytest.approx(10.0) and gaps["quartet2"][1][1] == pytest.approx(10.0)
     assert report._val_gap_curves(runs[2:]) == {}
+
+
+def test_step_profile_groups_kernels_by_family(tmp_path):
+    profile = _bench_script("step_profile")
+    names = ["nvjet_sm90_tst_256x128", "_tma_gemm_kernel", "_ms_eden_kernel", "_stats_kernel",
+             "cudnn_generated_fort_native_sdpa_sm90_flash_bprop", "multi_tensor_apply_kernel",
+             "triton_poi_fused_mul_0"]  # fmt: skip
+    assert [profile.family(n) for n in names] == ["gemm", "gemm", "quantizers", "quantizers", "attention",
+                                                   "optimizer", "other"]  # fmt: skip
+    events = [("_ms_eden_kernel", 300.0), ("_ms_eden_kernel", 100.0), ("nvjet_x", 1000.0), ("triton_poi_a", 50.0)]
+    result = profile.breakdown(events, steps=2, top=2)
+    assert result["families_ms"] == {"gemm": 0.5, "quantizers": 0.2, "attention": 0.0, "optimizer": 0.0,
+                                     "other": 0.025}  # fmt: skip
+    assert result["kernel_ms"] == pytest.approx(0.725) and result["launches"] == 2.0
+    assert [t["kernel"] for t in result["top"]] == ["nvjet_x", "_ms_eden_kernel"]
+    profile.main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--variants", "eager", "--steps", "1",
+                  "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
+    assert json.loads((tmp_path / "step-profile-tiny.json").read_text())["rows"][0]["step_ms"] > 0
+    with pytest.raises(SystemExit, match="covers"):
+        profile.main(["--model", "tiny", "--variants", "fouroversix", "--device", "cpu"])

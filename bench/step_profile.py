@@ -1,0 +1,164 @@
+"""Where a compiled training step's device time goes (issue 5's step-time target): per variant,
+the median step time next to the sum of its kernels' device times, split into GEMMs, NVFP4
+quantizers, attention, optimizer and the rest, and the most expensive kernels.
+
+    python bench/step_profile.py --model 30m --batch 64 --seq-len 512 --variants inductor,quartet2
+    python bench/step_profile.py --model 1b --batch 4 --seq-len 2048 --out bench/results
+
+The step is the training loop's (autocast bf16, backward, clipping, AdamW) on one fixed batch.
+A step time well above its kernel sum is host-bound (``--mode reduce-overhead`` removes that).
+On CPU the step is timed and no kernels are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from quartet_compile.bench import report
+from quartet_compile.training import Kind, ModelSpec, backend_for, parse_variants
+
+FAMILIES = {
+    "gemm": r"gemm|nvjet|cutlass|xmma|cublas|_scale_epilogue_kernel",
+    "quantizers": r"_ms_eden_kernel|_quantize_kernel|_stats_kernel|_nvidia_kernel|_rotation_kernel|_dequantize_kernel",
+    "attention": r"sdpa|flash|fmha|attention",
+    "optimizer": r"multi_tensor|foreach|adam",
+}
+"""Kernel-name patterns of each family (first match wins); anything else is ``other``: the
+Inductor-fused elementwise and reduction kernels, copies, memsets."""
+
+
+def family(kernel: str) -> str:
+    return next((name for name, pattern in FAMILIES.items() if re.search(pattern, kernel, re.IGNORECASE)), "other")
+
+
+def breakdown(kernels: Iterable[tuple[str, float]], steps: int, top: int = 10) -> dict:
+    """Per-step device ms by family and of the ``top`` kernels, from ``(name, us)`` events of
+    ``steps`` steps."""
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for name, us in kernels:
+        by_name[name].append(us)
+    families = dict.fromkeys([*FAMILIES, "other"], 0.0)
+    for name, times in by_name.items():
+        families[family(name)] += sum(times) / steps / 1e3
+    ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
+    return {
+        "kernel_ms": sum(families.values()),
+        "launches": sum(len(t) for t in by_name.values()) / steps,
+        "families_ms": families,
+        "top": [{"kernel": n, "ms": sum(t) / steps / 1e3, "launches": len(t) / steps} for n, t in ranked],
+    }
+
+
+def training_step(
+    variant: str, spec: ModelSpec, batch: int, seq_len: int, device: torch.device, mode: str | None, inner: str
+) -> Callable[[], None]:
+    """One compiled training step of ``spec`` as ``variant`` on a fixed random batch; ``inner``
+    compiles quartet's rewritten graph."""
+    chosen = parse_variants(variant)[0]
+    if chosen.kind not in (Kind.EAGER, Kind.INDUCTOR, Kind.QUARTET):
+        raise SystemExit(f"{variant}: the step profile covers eager, inductor and quartet variants")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = spec.build().to(device)
+    backend = backend_for(chosen, {"inner_backend": inner})
+    step_fn = model if backend is None else torch.compile(model, backend=backend, mode=mode)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    tokens = torch.randint(0, 256, (batch, seq_len + 1), device=device)
+
+    def step() -> None:
+        torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = step_fn(tokens)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
+    """Median wall ms of ``steps`` synchronized steps after ``warmup``, then ``steps`` more under
+    the profiler for the kernel breakdown."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        _synchronize(device)
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    with profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+    kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
+    return {"step_ms": statistics.median(times), **breakdown(kernels, steps)}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    columns = [*FAMILIES, "other"]
+    lines = [*report.markdown_header("Training step: device time by kernel family", meta)]
+    lines += [f"{meta['model']}, batch {meta['batch']} x {meta['seq_len']}, mode {meta['mode']}; ms per step.", ""]
+    lines += ["| variant | step | kernels (launches) | " + " | ".join(columns) + " |",
+              "|---|---:|---:|" + "---:|" * len(columns)]  # fmt: skip
+    for r in rows:
+        cells = [f"{r['step_ms']:.2f}", f"{r['kernel_ms']:.2f} ({r['launches']:.0f})"]
+        cells += [f"{r['families_ms'][c]:.2f}" for c in columns]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    for r in rows:
+        lines += ["", f"{r['variant']}: most expensive kernels", "", "| kernel | ms | launches |", "|---|---:|---:|"]
+        lines += [f"| `{t['kernel'][:70]}` | {t['ms']:.3f} | {t['launches']:.0f} |" for t in r["top"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="30m")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--variants", default="inductor,quartet2")
+    parser.add_argument("--mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--name", default="step-profile")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    meta = {**report.environment(device), "model": args.model, "batch": args.batch, "seq_len": args.seq_len,
+            "mode": args.mode or "default"}  # fmt: skip
+    rows = []
+    for variant in args.variants.split(","):
+        spec = ModelSpec(args.model)
+        step = training_step(variant, spec, args.batch, args.seq_len, device, args.mode, args.inner_backend)
+        rows.append({"variant": variant, **measure(step, device, args.warmup, args.steps)})
+        print(f"{variant}: {rows[-1]['step_ms']:.2f} ms per step, kernels {rows[-1]['kernel_ms']:.2f} ms", flush=True)
+    text = markdown(rows, meta)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.name}-{args.model}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+        (args.out / f"{args.name}-{args.model}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
