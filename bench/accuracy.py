@@ -2,8 +2,9 @@
 
 Trains each built-in model once per recipe with identical initial weights, data order and
 backward seed, on byte-level text (default: the Python standard library's sources), and
-reports validation bits per byte and the gap to BF16. The token budget per run is ``steps x batch x seq_len``,
-printed and recorded. Results are written after every run, so a run cut short keeps what it had.
+reports validation bits per byte and the gap to BF16. The token budget per run is
+``steps x batch x seq_len``, printed and recorded with the epochs of the text it amounts to.
+Results are written after every run, so a run cut short keeps what it had.
 
     python bench/accuracy.py --models 30m --steps 600 --out bench/results
     python bench/accuracy.py --models 30m --backward-seed 1,2,3   # three runs per recipe
