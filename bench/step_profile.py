@@ -16,7 +16,6 @@ import argparse
 import json
 import re
 import statistics
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,7 +24,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from quartet_compile.bench import report
-from quartet_compile.training import Kind, ModelSpec, backend_for, parse_variants
+from quartet_compile.training import (
+    Kind,
+    ModelSpec,
+    Timer,
+    TrainSettings,
+    backend_for,
+    optimizer_for,
+    parse_variants,
+    train_step,
+)
 
 FAMILIES = {
     "gemm": r"gemm|nvjet|cutlass|xmma|cublas|_scale_epilogue_kernel",
@@ -60,10 +68,10 @@ def breakdown(kernels: Iterable[tuple[str, float]], steps: int, top: int = 10) -
 
 
 def training_step(
-    variant: str, spec: ModelSpec, batch: int, seq_len: int, device: torch.device, mode: str | None, inner: str
+    variant: str, spec: ModelSpec, settings: TrainSettings, device: torch.device, inner: str
 ) -> Callable[[], None]:
-    """One compiled training step of ``spec`` as ``variant`` on a fixed random batch; ``inner``
-    compiles quartet's rewritten graph."""
+    """:func:`training.train_step` of ``spec`` compiled as ``variant`` on a fixed random batch;
+    ``inner`` compiles quartet's rewritten graph."""
     chosen = parse_variants(variant)[0]
     if chosen.kind not in (Kind.EAGER, Kind.INDUCTOR, Kind.QUARTET):
         raise SystemExit(f"{variant}: the step profile covers eager, inductor and quartet variants")
@@ -71,44 +79,29 @@ def training_step(
     torch.manual_seed(0)
     model = spec.build().to(device)
     backend = backend_for(chosen, {"inner_backend": inner})
-    step_fn = model if backend is None else torch.compile(model, backend=backend, mode=mode)
+    step_fn = model if backend is None else torch.compile(model, backend=backend, mode=settings.compile_mode)
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    tokens = torch.randint(0, 256, (batch, seq_len + 1), device=device)
-
-    def step() -> None:
-        torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = step_fn(tokens)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    optimizer = optimizer_for(params, settings)
+    tokens = torch.randint(0, 256, (settings.batch, settings.seq_len + 1), device=device)
+    return lambda: train_step(step_fn, tokens, params, optimizer, device, settings)
 
 
 def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
-    """Median wall ms of ``steps`` synchronized steps after ``warmup``, then ``steps`` more under
-    the profiler for the kernel breakdown."""
+    """Median ms of ``steps`` steps after ``warmup`` (the training loop's timer), then ``steps``
+    more under the profiler for the kernel breakdown."""
     for _ in range(warmup):
         step()
+    timer = Timer(device)
     times = []
     for _ in range(steps):
-        _synchronize(device)
-        start = time.perf_counter()
+        start = timer.start()
         step()
-        _synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append(timer.elapsed_ms(start))
     with profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-        _synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
     return {"step_ms": statistics.median(times), **breakdown(kernels, steps)}
 
@@ -148,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             "mode": args.mode or "default"}  # fmt: skip
     rows = []
     for variant in args.variants.split(","):
-        spec = ModelSpec(args.model)
-        step = training_step(variant, spec, args.batch, args.seq_len, device, args.mode, args.inner_backend)
+        settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=args.mode)
+        step = training_step(variant, ModelSpec(args.model), settings, device, args.inner_backend)
         rows.append({"variant": variant, **measure(step, device, args.warmup, args.steps)})
         print(f"{variant}: {rows[-1]['step_ms']:.2f} ms per step, kernels {rows[-1]['kernel_ms']:.2f} ms", flush=True)
     text = markdown(rows, meta)

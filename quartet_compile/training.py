@@ -241,7 +241,7 @@ def _swap_in_fouroversix(model: nn.Module) -> None:
     quantize_model(model, config)
 
 
-class _Timer:
+class Timer:
     """Per-step wall time: CUDA events on GPU (no host sync inside the step), perf_counter on CPU."""
 
     def __init__(self, device: torch.device):
@@ -406,6 +406,30 @@ def _record_step(
         progress(step, loss)
 
 
+def optimizer_for(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def train_step(
+    step_fn: nn.Module,
+    tokens: Tensor,
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    settings: TrainSettings,
+) -> Tensor:
+    """One optimizer step on ``tokens``: forward under autocast, backward, clipping to norm 1,
+    the update. Returns the loss tensor (read it before the next step: a CUDA graph reuses it)."""
+    torch.compiler.cudagraph_mark_step_begin()  # a new iteration for CUDA-graph trees; else a no-op
+    with _autocast(device, settings):
+        loss = step_fn(tokens)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def _train_steps(
     step_fn: nn.Module,
     model: nn.Module,
@@ -417,24 +441,18 @@ def _train_steps(
     progress: Progress | None,
 ) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    optimizer = optimizer_for(params, settings)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings))
     data = corpus.batches(settings.batch, settings.seq_len, torch.Generator().manual_seed(settings.seed))
     val = corpus.validation_batches(settings.batch, settings.seq_len, settings.eval_batches)
-    timer = _Timer(device)
+    timer = Timer(device)
     # The backward's random stream: the same for every variant.
     torch.manual_seed(backward_seed(settings.seed + 1 if settings.backward_seed is None else settings.backward_seed))
     for step in range(settings.steps):
         tokens = _local_rows(next(data)).to(device, non_blocking=True)
         graphs_before = backend.graphs if backend else 0
         wall, start = time.perf_counter(), timer.start()
-        torch.compiler.cudagraph_mark_step_begin()  # a new iteration for CUDA-graph trees; else a no-op
-        with _autocast(device, settings):
-            loss = step_fn(tokens)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(step_fn, tokens, params, optimizer, device, settings)
         schedule.step()
         elapsed, wall_s = timer.elapsed_ms(start), time.perf_counter() - wall
         loss = float(_global_mean(loss.detach().float()))  # now: a CUDA graph reuses its output
@@ -458,7 +476,7 @@ def _forward_steps(
     progress: Progress | None,
 ) -> None:
     data = corpus.batches(settings.batch, settings.seq_len, torch.Generator().manual_seed(settings.seed))
-    timer = _Timer(device)
+    timer = Timer(device)
     with torch.no_grad():
         for step in range(settings.steps):
             tokens = _local_rows(next(data)).to(device)
