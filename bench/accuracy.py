@@ -10,7 +10,7 @@ Results are written after every run, so a run cut short keeps what it had.
     python bench/accuracy.py --models 30m --backward-seed 1,2,3   # three runs per recipe
     python bench/accuracy.py --models 30m --data SITE_PACKAGES --data-mb 512 --steps 2000 --batch 64
         # the README's 65.5M-token study: a run must not repeat its text (the default corpus,
-        # the standard library, is about 30 MB; past one epoch the runs measure memorization)
+        # the standard library, is a few tens of MB; past one epoch the runs measure memorization)
     python bench/accuracy.py --summarize bench/results/accuracy-seeds-30m.json   # re-render
     python bench/accuracy.py --summarize a-30m.json b-30m.json --name long --out bench/results
         # one table from runs split over several device calls (same model and settings)
