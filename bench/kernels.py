@@ -128,6 +128,7 @@ def _config(target: dict, candidate: dict):
     try:
         yield
     finally:
+        target.clear()
         target.update(saved)
 
 
@@ -278,7 +279,8 @@ def _markdown(results: dict) -> str:
     lines += [
         "",
         "TFLOP/s of each NVFP4 GEMM and its share of cuBLAS bf16 on the same shape. Shipped: the TMA "
-        "GEMM of the unscaled operands (sm_90+), else the cuBLAS route.",
+        "GEMM of the unscaled operands (sm_90+) where the output fills the device (every shape here), "
+        "else the cuBLAS route; `bench/gemm_routes.py` compares them on training-step shapes.",
         "",
         "| M | N | K | cuBLAS bf16 | dequant Triton | of bf16 | cuBLAS route | of bf16 | TMA (shipped) | of bf16 |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -218,3 +218,18 @@ def test_nvidia_kernel_ptx_rounds_exactly(rotate):
     }
     ptx = _assert_exact_rounding(nvidia._nvidia_kernel, signature, constexprs)
     assert bool(re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n16k16\.f32\.bf16\.bf16", ptx)) == rotate
+
+
+def test_outputs_with_few_tiles_leave_the_tma_gemm(monkeypatch):
+    """The measured rule (``bench/results/gemm-routes.md``): on 132 SMs, the 30M model's
+    weight gradients (8-24 tiles) and a 78-tile one take cuBLAS; 128 tiles and up take TMA."""
+    import torch
+
+    monkeypatch.setattr(gemm, "_multiprocessors", lambda device: 132)
+    cpu = torch.device("cpu")
+    assert not gemm.fills_device(512, 512, cpu)
+    assert not gemm.fills_device(1536, 512, cpu)
+    assert not gemm.fills_device(768, 3328, cpu)
+    assert gemm.fills_device(2048, 2048, cpu)
+    assert gemm.fills_device(32768, 512, cpu)
+    assert not gemm.fills_device(8192, 256, cpu)

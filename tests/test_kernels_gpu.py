@@ -92,7 +92,9 @@ def test_ms_eden_quantization_stage_is_bit_identical(source):
     assert torch.equal(random_rotation(128, None, torch.device("cuda")), rotation_matrix(signs))
     seed = torch.randint(0, 2**62, (), device="cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "packed": torch.float32}
-    x = _fresh(384, 1024, dtype[source.split(".")[0]], spread=1.0)
+    # 400 or 1040 quantized rows: the last program's 64-row tile is partial.
+    shape = (400, 1024) if source in ("bf16", "fp16") else (384, 1040)
+    x = _fresh(*shape, dtype[source.split(".")[0]], spread=1.0)
     if source == "packed":
         op = quantize(x, four_over_six=True).fp4
         exact = op.dequantize(torch.float32).T
@@ -198,6 +200,27 @@ def test_unscaled_gemm_takes_tma_where_it_can_and_cublas_elsewhere():
         out = unscaled_gemm(a.unscaled_bf16, b_unscaled, a.tensor_scale, b.tensor_scale, out_dtype).float()
         tolerance = 1e-5 if out_dtype == torch.float32 else 4e-3
         assert ((out - exact).norm() / exact.norm()).item() < tolerance
+
+
+def test_unscaled_gemm_sends_outputs_with_few_tiles_to_cublas(monkeypatch):
+    """A weight-gradient-like product (small output, long reduction) takes the cuBLAS route,
+    a large output the TMA GEMM; both equal the float64 product to float32 accumulation."""
+    from quartet_compile.kernels import gemm
+
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA GEMM needs sm_90+")
+    taken = []
+    for name in ("tma_gemm", "cublas_gemm"):
+        route = getattr(gemm, name)
+        monkeypatch.setattr(gemm, name, lambda *args, route=route, name=name: taken.append(name) or route(*args))
+    for m, n, k, expected in [(256, 512, 8192, "cublas_gemm"), (4096, 4096, 256, "tma_gemm")]:
+        a, b, exact = _gemm_operands(m, n, k)
+        assert gemm.fills_device(m, n, a.unscaled_bf16.device) == (expected == "tma_gemm")
+        _poison_next_output(m, n, torch.float32)
+        out = gemm.unscaled_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, torch.float32)
+        assert taken.pop() == expected
+        assert torch.isfinite(out).all()
+        assert ((out - exact).norm() / exact.norm()).item() < 1e-5
 
 
 @pytest.mark.parametrize("config", [QUARTET2, NVIDIA], ids=["quartet2", "nvidia"])

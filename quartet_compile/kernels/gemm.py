@@ -289,6 +289,21 @@ def tma_compatible(a_unscaled: Tensor, b_unscaled: Tensor, out_dtype: torch.dtyp
     return rows_ok and aligned and (b_unscaled.shape[0] * out_dtype.itemsize) % 16 == 0
 
 
+TMA_MIN_WAVE = 0.75
+"""Fewest output tiles, as a fraction of the SM count, for which :func:`tma_gemm` beats
+:func:`cublas_gemm`. The TMA GEMM gives each program whole tiles and never splits K, so a
+weight gradient such as ``[512, T] x [T, 512]`` runs 8 tiles on 132 SMs, where cuBLAS
+splits K (``bench/results/gemm-routes.md``: 2.6-8x faster at 4-24 tiles, 1.5x at 78; the TMA
+GEMM 6% faster at 128)."""
+
+
+def fills_device(m: int, n: int, device: torch.device) -> bool:
+    """Whether an ``[m, n]`` output has enough :data:`TMA_GEMM_CONFIG` tiles for
+    :func:`tma_gemm` to keep every SM busy without splitting K."""
+    tiles = cdiv(m, TMA_GEMM_CONFIG["BLOCK_M"]) * cdiv(n, TMA_GEMM_CONFIG["BLOCK_N"])
+    return tiles >= TMA_MIN_WAVE * _multiprocessors(device)
+
+
 def unscaled_gemm(
     a_unscaled: Tensor,
     b_unscaled: Tensor,
@@ -297,10 +312,14 @@ def unscaled_gemm(
     out_dtype: torch.dtype,
     bias: Tensor | None = None,
 ) -> Tensor:
-    """``(A_u B_u^T) s_A s_B [+ bias]``: :func:`tma_gemm` where TMA can run (94-103% of cuBLAS
-    bf16's TFLOP/s on the H100, ``bench/results/kernels.md``), else :func:`cublas_gemm` (71-92%:
-    its float32 output and second pass cost most at small K)."""
-    gemm = tma_gemm if tma_compatible(a_unscaled, b_unscaled, out_dtype) else cublas_gemm
+    """``(A_u B_u^T) s_A s_B [+ bias]``: :func:`tma_gemm` where TMA can run and the output
+    fills the device (94-103% of cuBLAS bf16's TFLOP/s on the H100,
+    ``bench/results/kernels.md``), else :func:`cublas_gemm` (71-92% there, its float32
+    output and second pass cost most at small K; faster on few output tiles)."""
+    tma = tma_compatible(a_unscaled, b_unscaled, out_dtype) and fills_device(
+        a_unscaled.shape[0], b_unscaled.shape[0], a_unscaled.device
+    )
+    gemm = tma_gemm if tma else cublas_gemm
     return gemm(a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
 
 
