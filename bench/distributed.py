@@ -23,7 +23,6 @@ Options not listed here go to every ``quartet-bench`` launch (e.g. ``--inner-bac
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from statistics import fmean
 
@@ -104,10 +103,8 @@ def write(args: argparse.Namespace, runs: dict[str, list[RunResult]], plan: dict
         meta = {**report.environment(torch.device(args.device)),
                 "verdicts": {arm: {**vars(v), "within": v.within} for arm, v in verdicts.items()},
                 "settings": vars(args) | {"out": str(args.out)}}  # fmt: skip
-        args.out.mkdir(parents=True, exist_ok=True)
         every = [r for results in runs.values() for r in results]
         payload = {**meta, "results": [r.to_json() for r in every]}
-        (args.out / "distributed.json").write_text(json.dumps(payload, indent=1))
         md = [*report.markdown_header("DDP / FSDP2 vs one GPU (quartet2)", meta),
               f"Backward seeds {args.seeds} per arm. mean |dloss|: mean |loss difference| per step over the second "
               "half, averaged over pairs (arm seed i, reference seed j != i); noise: the same between the "
@@ -115,7 +112,7 @@ def write(args: argparse.Namespace, runs: dict[str, list[RunResult]], plan: dict
               "reference's (means over seeds); ref sd: seed-to-seed sd of the reference's tail loss. Final loss, "
               "val bpb and step ms are means over seeds.",
               "", report.markdown_table(header, rows)]  # fmt: skip
-        (args.out / "distributed.md").write_text("\n".join(md) + "\n")
+        report.write_result(args.out, "distributed", payload, "\n".join(md) + "\n")
         report.plot(every, args.out / "distributed.png", title="quartet2: DDP / FSDP2 vs one GPU")
     return report.text_table(header, rows)
 

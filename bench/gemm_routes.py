@@ -13,7 +13,6 @@ in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -102,9 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(rows, meta)
     print(text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-        (args.out / f"{args.name}.md").write_text(text)
+        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ the same tensor, and the registers and shared memory of each compiled kernel.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -82,16 +81,14 @@ def main() -> None:
         print(name, variants)
     if args.out:
         meta = {**report.environment(x.device), "shape": [args.tokens, args.features]}
-        args.out.mkdir(parents=True, exist_ok=True)
         payload = {**meta, "launches": rows, "compiled": compiled}
-        (args.out / "quantizer-breakdown.json").write_text(json.dumps(payload, indent=1))
         md = [
             *report.markdown_header("Quantizer time by kernel launch", meta),
             report.markdown_table(header, cells),
             "",
         ]
         md += [f"`{name}` compiled variants: {variants}" for name, variants in compiled.items()]
-        (args.out / "quantizer-breakdown.md").write_text("\n".join(md) + "\n")
+        report.write_result(args.out, "quantizer-breakdown", payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

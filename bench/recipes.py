@@ -13,7 +13,6 @@ patch the op's dispatch so that it runs the reference on the same tensors. Kerne
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,10 +157,8 @@ def main() -> None:
     print(report.text_table(quantizer_header, quantizer_cells))
     if args.out:
         meta = {**report.environment(torch.device("cuda")), "T": args.tokens, "K": args.features, "N": args.features}
-        args.out.mkdir(parents=True, exist_ok=True)
         payload = {**meta, "copy_GBps": copy_gbs, "nvidia_config": nvidia_module.NVIDIA_CONFIG, "layers": layers}
         payload.update(quantizers=quantizers, tuning=tuning)
-        (args.out / "recipes.json").write_text(json.dumps(payload, indent=1))
         md = [
             *report.markdown_header("Linear layer forward+backward per recipe: kernels vs the reference on CUDA", meta),
             f"T = {args.tokens}, K = N = {args.features}, bf16 operands. Copy bandwidth: {copy_gbs:.0f} GB/s.",
@@ -170,7 +167,7 @@ def main() -> None:
             "",
             report.markdown_table(quantizer_header, quantizer_cells),
         ]
-        (args.out / "recipes.md").write_text("\n".join(md) + "\n")
+        report.write_result(args.out, "recipes", payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ On CPU the step is timed and no kernels are listed.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 from collections import defaultdict
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(rows, meta)
     print(text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.name}-{args.model}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-        (args.out / f"{args.name}-{args.model}.md").write_text(text)
+        report.write_result(args.out, f"{args.name}-{args.model}", {**meta, "rows": rows}, text)
 
 
 if __name__ == "__main__":

@@ -319,3 +319,11 @@ def test_gemm_routes_cover_every_linear_and_its_gradients(monkeypatch):
     text = routes.markdown([row], meta)
     cells = "| 30m | lm head | weight grad | 256 | 512 | 1024 | 10.0 | 40.0 | 12.0 | cublas_route | 12.5 | 1.25 |"
     assert cells in text
+
+
+def test_write_result_writes_the_json_and_markdown_pair(tmp_path):
+    out = tmp_path / "new" / "dir"
+    json_path, md_path = report.write_result(out, "x-30m", {"device": "cpu", "rows": [{"a": 1.5}]}, "# x\n")
+    assert (json_path, md_path) == (out / "x-30m.json", out / "x-30m.md")
+    assert json.loads(json_path.read_text()) == {"device": "cpu", "rows": [{"a": 1.5}]}
+    assert md_path.read_text() == "# x\n"

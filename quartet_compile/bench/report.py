@@ -111,17 +111,23 @@ def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
             f"Command: `{meta.get('command')}`", ""]  # fmt: skip
 
 
+def write_result(out: Path, stem: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """``{stem}.json`` holding ``payload`` and ``{stem}.md`` holding ``markdown`` under ``out``
+    (created if missing): the pair every benchmark commits. Returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps(payload, indent=1))
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
 def write(results: Sequence[RunResult], out: Path, stem: str, meta: dict[str, Any]) -> list[Path]:
     """``{stem}.json`` (everything, per-step losses included), ``{stem}.md`` and, when matplotlib
     is installed, ``{stem}.png``. Returns the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "results": [r.to_json() for r in results]}
-    json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(payload, indent=1))
     header, rows = summary_rows(results)
     md = [*markdown_header(stem, meta), markdown_table(header, rows), "", failures(results), *meta.get("notes", [])]
-    md_path = out / f"{stem}.md"
-    md_path.write_text("\n".join(md) + "\n")
+    json_path, md_path = write_result(out, stem, payload, "\n".join(md) + "\n")
     png = plot(results, out / f"{stem}.png", title=stem)
     return [json_path, md_path] + ([png] if png else [])
 
