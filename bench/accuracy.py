@@ -68,6 +68,16 @@ def seed_summary(results: list[RunResult]) -> list[str]:
     return lines
 
 
+def _shared(meta: dict, key: str) -> object:
+    """What must agree between result files to merge them: ``key`` of ``meta``, where the
+    settings leave out the backward seed, which each run records itself (the seeds of one
+    study are often split over several device calls)."""
+    value = meta.get(key)
+    if key == "settings" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "backward_seed"}
+    return value
+
+
 def summarize(paths: list[Path], out: Path | None, name: str) -> None:
     """Re-render result files; several are merged, in order, into ``out/{name}-{model}``. Runs
     split over several processes are only comparable if they trained the same model with the
@@ -77,14 +87,15 @@ def summarize(paths: list[Path], out: Path | None, name: str) -> None:
     for path in paths[1:]:
         more, other = report.load(path)
         for key in ("model", "settings", "device", "corpus"):
-            if other.get(key) != meta.get(key):
-                raise SystemExit(f"{path}: {key} {other.get(key)} differs from {paths[0]}'s {meta.get(key)}")
+            if _shared(other, key) != _shared(meta, key):
+                raise SystemExit(f"{path}: {key} {_shared(other, key)} differs from {paths[0]}'s {_shared(meta, key)}")
         results += more
         commands.append(other["command"])
     if len(paths) > 1:
         if out is None:
             raise SystemExit("merging several result files needs --out (and --name)")
         meta["command"] = " ; ".join(commands)
+        meta["settings"] = _shared(meta, "settings")
         meta["merged_from"] = [p.name for p in paths]
         target = out, f"{name}-{meta['model']}"
     else:

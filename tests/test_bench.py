@@ -245,10 +245,12 @@ def test_accuracy_merges_runs_of_several_processes(tmp_path):
     accuracy = _bench_script("accuracy")
     meta = {**report.environment(torch.device("cpu")), "model": "tiny", "settings": {"steps": 2}}
     report.write([_result("inductor", 20.0, 2.0)], tmp_path, "a-tiny", {**meta, "command": "first"})
-    report.write([_result("quartet2", 25.0, 2.1)], tmp_path, "b-tiny", {**meta, "command": "second"})
+    second = {**meta, "command": "second", "settings": {"steps": 2, "backward_seed": 2}}
+    report.write([_result("quartet2", 25.0, 2.1)], tmp_path, "b-tiny", second)
     accuracy.summarize([tmp_path / "a-tiny.json", tmp_path / "b-tiny.json"], tmp_path, "ab")
     merged, merged_meta = report.load(tmp_path / "ab-tiny.json")
     assert [r.variant for r in merged] == ["inductor", "quartet2"]
+    assert merged_meta["settings"] == {"steps": 2}, "a merged file claimed one backward seed for all its runs"
     assert merged_meta["command"] == "first ; second" and "+5.00% vs BF16" in merged_meta["notes"][1]
     report.write([_result("nvidia", 25.0, 2.1)], tmp_path, "c-tiny", {**meta, "settings": {"steps": 3}})
     with pytest.raises(SystemExit, match="settings"):
