@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 from fp4_asserts import assert_same_fp4
 
+from quartet_compile.config import QuartetConfig
+from quartet_compile.kernels import linear
 from quartet_compile.kernels.dequantize import dequantize_unscaled
 from quartet_compile.kernels.ms_eden import ms_eden
 from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e2m1_sr, e4m3_rne, e4m3_sr
@@ -20,6 +22,7 @@ from quartet_compile.kernels.quantize import quantize, tensor_amax, tensor_stats
 from quartet_compile.kernels.rotation import random_rotation, rotation_matrix
 from quartet_compile.reference import (
     decode_e2m1,
+    nvfp4_matmul,
     quantize_four_over_six,
     quantize_ms_eden_rotated,
     quantize_rtn,
@@ -265,6 +268,58 @@ def nvidia_stage(generator: torch.Generator) -> None:
     assert not torch.equal(first["uniforms"], other["uniforms"]), "the seed must change the draws"
     # Element i takes output i % 4 of Philox at offset i // 4: no two elements share a draw.
     assert first["uniforms"].unique().numel() > 0.99 * first["uniforms"].numel()
+
+
+def linear_routes(generator: torch.Generator) -> None:
+    """``kernels.linear`` on both GEMM routes, every quantized recipe: the quantizers write
+    codes only for the native Blackwell GEMM and bf16 operands otherwise, and the two routes
+    give the same layer. The GEMMs are CPU stand-ins with each route's arithmetic (the
+    interpreter has no ``dot_scaled`` and CPU no ``mm`` into float32): float32 products of
+    the bf16 operands, and the reference NVFP4 product of the codes."""
+    calls = {"native": 0, "bf16": 0}
+
+    def bf16_route(a, b, scale_a, scale_b, out_dtype, bias=None):
+        assert a.dtype == b.dtype == torch.bfloat16
+        calls["bf16"] += 1
+        out = (a.float() @ b.float().T) * (scale_a * scale_b)
+        return (out if bias is None else out + bias.float()).to(out_dtype)
+
+    def native_route(a, b, out_dtype, bias=None):
+        calls["native"] += 1
+        out = nvfp4_matmul(a, b, torch.float32)
+        return (out if bias is None else out + bias.float()).to(out_dtype)
+
+    linear.unscaled_gemm, linear.dot_scaled_gemm = bf16_route, native_route
+    # (K, recipe, native GEMMs per forward + backward, bf16 GEMMs in native mode)
+    cases = [
+        (256, "quartet2", 3, 0),
+        (256, "nvidia", 2, 1),  # the dgrad multiplies by the dequantized 16x16-tile weight
+        (256, "fp4-forward", 1, 2),  # a BF16 backward
+        (144, "quartet2", 2, 1),  # a forward reduction that is not a multiple of 128
+    ]
+    for k, recipe, native_calls, bf16_calls in cases:
+        config = QuartetConfig(recipe=recipe)
+        x, w, grad = (_inputs(rows, cols, torch.bfloat16, generator) for rows, cols in ((128, k), (128, k), (128, 128)))
+        bias = torch.randn(128, generator=generator).bfloat16()
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        layers = {}
+        for native in (False, True):
+            linear.native_gemm_available = lambda device, native=native: native
+            calls.update(native=0, bf16=0)
+            y, saved = linear.linear_forward(x, w, bias, config)
+            dx, dw = linear.linear_backward(
+                grad, saved, config, dtypes=(torch.float32,) * 2, needs=(True, True), source=seed
+            )
+            expected = (native_calls, bf16_calls) if native else (0, native_calls + bf16_calls)
+            assert (calls["native"], calls["bf16"]) == expected, (recipe, k, native, calls)
+            layers[native] = y.float(), saved, dx, dw
+        (y0, saved0, *grads0), (y1, saved1, *grads1) = layers[False], layers[True]
+        for fp4 in ("xq", "wq"):
+            if getattr(saved0, fp4) is not None:
+                assert_same_fp4(getattr(saved1, fp4), getattr(saved0, fp4))
+        for bf16, native in ((y0, y1), *zip(grads0, grads1, strict=True)):
+            assert torch.isfinite(native).all()
+            assert ((native - bf16).norm() / bf16.norm()).item() < 1e-5, (recipe, k)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from quartet_compile.kernels import blackwell, gemm, ms_eden, nvidia, quantize  
 CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
 
 
-@pytest.mark.parametrize("check", ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage"])
+@pytest.mark.parametrize(
+    "check", ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage", "linear_routes"]
+)
 def test_kernel_matches_reference_in_triton_interpreter(check):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, str(CHECKS), check], env=env, capture_output=True, text=True, timeout=900)
@@ -73,6 +75,13 @@ def test_blackwell_gemm_compiles_to_native_nvfp4_mma():
     )
     assert re.search(rf"tt\.dot_scaled .* lhs = e2m1 rhs = e2m1 .*: {operands}", compiled.asm["ttir"])
     assert "ttng.tc_gen5_mma_scaled" in compiled.asm["ttgir"]
+    # The instruction descriptor (4th operand) tells the MMA how to read the scale bytes. In
+    # the block-scaled layout (Triton's createScaleInstDescriptorFp4): N >> 3 at bits 17-22,
+    # the scale type at 23-24 (0: UE4M3; UE8M0 otherwise), M >> 5 at 25-28.
+    mma = re.search(r"tcgen05\.mma\.cta_group::1\.kind::mxf4nvf4\S* [^,]+, %\w+, %\w+, (%r\d+),", ptx)
+    descriptor = int(re.search(rf"mov\.b32\s+{re.escape(mma.group(1))}, (\d+);", ptx).group(1))
+    assert ((descriptor >> 17) & 63, (descriptor >> 25) & 15) == (bn >> 3, bm >> 5)
+    assert (descriptor >> 23) & 3 == 0, "the MMA would read the E4M3 scale bytes as UE8M0"
 
 
 def test_hopper_gemm_uses_wgmma_on_bf16():
@@ -233,3 +242,81 @@ def test_outputs_with_few_tiles_leave_the_tma_gemm(monkeypatch):
     assert gemm.fills_device(2048, 2048, cpu)
     assert gemm.fills_device(32768, 512, cpu)
     assert not gemm.fills_device(8192, 256, cpu)
+
+
+def _exact_product(a, b, out_dtype, bias=None):
+    """What the native GEMM must compute, from the reference (a stand-in for the check)."""
+    import torch
+
+    from quartet_compile.reference import nvfp4_matmul
+
+    out = nvfp4_matmul(a, b, torch.float32)
+    return (out if bias is None else out + bias).to(out_dtype)
+
+
+def _scales_read_as_e8m0(a, b, out_dtype, bias=None):
+    """The product a tensor core computes if told the scale bytes are UE8M0."""
+    import dataclasses
+
+    import torch
+
+    def reread(t):
+        e8m0 = torch.exp2(t.scales.view(torch.uint8).float() - 127)
+        return dataclasses.replace(t, scales=e8m0.to(torch.float8_e4m3fn))
+
+    return _exact_product(reread(a), reread(b), out_dtype, bias)
+
+
+def _nibbles_swapped(a, b, out_dtype, bias=None):
+    import dataclasses
+
+    def swap(t):
+        return dataclasses.replace(t, codes=(t.codes >> 4) | (t.codes << 4))
+
+    return _exact_product(swap(a), b, out_dtype, bias)
+
+
+def _raises(a, b, out_dtype, bias=None):
+    raise RuntimeError("PassManager::run failed")
+
+
+def test_native_gemm_check_accepts_the_exact_product_and_catches_wrong_ones():
+    """The first-use check of the Blackwell kernel, run here on stand-ins: the exact product
+    passes; reading the E4M3 scales as UE8M0, swapping the nibble order, dropping the bias, a
+    NaN output and a compiler error each fail it, with the reason."""
+    import torch
+
+    cpu = torch.device("cpu")
+    assert blackwell.check_native_gemm(cpu, _exact_product) is None
+    assert "relative error" in blackwell.check_native_gemm(cpu, _scales_read_as_e8m0)
+    assert "relative error" in blackwell.check_native_gemm(cpu, _nibbles_swapped)
+    assert "relative error" in blackwell.check_native_gemm(cpu, lambda a, b, dtype, bias: _exact_product(a, b, dtype))
+    nan = blackwell.check_native_gemm(cpu, lambda *args: _exact_product(*args) * float("nan"))
+    assert "non-finite" in nan
+    assert blackwell.check_native_gemm(cpu, _raises) == "RuntimeError: PassManager::run failed"
+
+
+def test_native_gemm_needs_datacenter_blackwell_and_a_passed_check(monkeypatch):
+    """The route decision on a CPU machine, the CUDA queries stubbed: never for a CPU tensor
+    or another compute capability; on sm_100 only after the check passed, once per device;
+    not decided during graph capture; a failed check warns and keeps the bf16 route."""
+    import torch
+
+    capability, capturing, checks = {0: (9, 0), 1: (10, 0), 2: (10, 0), 3: (12, 0)}, [True], []
+    monkeypatch.setattr(blackwell, "_available", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
+    monkeypatch.setattr(blackwell, "check_native_gemm", lambda device: checks.append(device.index) or (
+        "relative error 1.00e+00 against the float64 product" if device.index == 2 else None
+    ))  # fmt: skip
+    assert not blackwell.native_gemm_available(torch.device("cpu"))
+    assert not blackwell.native_gemm_available(torch.device("cuda", 0))
+    assert not blackwell.native_gemm_available(torch.device("cuda", 3))
+    assert not blackwell.native_gemm_available(torch.device("cuda", 1)) and checks == []
+    capturing[0] = False
+    assert blackwell.native_gemm_available(torch.device("cuda", 1))
+    assert blackwell.native_gemm_available(torch.device("cuda", 1)) and checks == [1]
+    with pytest.warns(UserWarning, match="GPU 2 .*relative error.*bf16-operand route"):
+        assert not blackwell.native_gemm_available(torch.device("cuda", 2))
+    assert checks == [1, 2]

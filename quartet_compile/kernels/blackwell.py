@@ -9,10 +9,16 @@ takes untransposed for both operands (``lhs_scale [M, K/16]``, ``rhs_scale [N, K
 memory in the layout the PTX ISA specifies for ``scale_vec::4X`` (checked against Triton's
 ``10-block-scaled-matmul`` tutorial and the PTX ISA section on tcgen05 block scaling).
 No Blackwell GPU is available to this project: CI compiles this kernel for sm_100 and
-checks the instruction in the PTX (``tests/test_kernels_compile.py``).
+checks the instruction in the PTX (``tests/test_kernels_cpu.py``). So the backend routes
+GEMMs here only after :func:`check_native_gemm` has compared the kernel with the float64
+product on the device itself (:func:`native_gemm_available`); a GPU that fails the check
+keeps the bf16-operand route of :mod:`.gemm`, with a warning.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
 
 import torch
 import triton
@@ -88,3 +94,64 @@ def dot_scaled_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias
         **cfg,
     )
     return c
+
+
+NATIVE_MAJOR = 10
+"""Compute capability major of the GPUs the kernel is compiled and checked for: datacenter
+Blackwell (sm_100, sm_103), whose ``tcgen05`` MMA takes E4M3 scales per 16. Other majors
+(sm_120 included) keep the bf16-operand route."""
+
+NATIVE_K_MULTIPLE = BLACKWELL_CONFIG["BLOCK_K"]
+"""The kernel's K loop has no tail: reductions of other lengths take the bf16-operand route."""
+
+_available: dict[int, bool] = {}
+
+
+def check_native_gemm(device: torch.device, gemm: Callable[..., Tensor] = dot_scaled_gemm) -> str | None:
+    """Why ``gemm`` disagrees with the float64 product of the dequantized operands on
+    ``device`` (or raised), ``None`` if it agrees within 1e-5 relative: the first-use check of
+    the native kernel, since CI can only compile it. The operands have row tails in both M
+    and N, two K steps, block scales over four decades and a bias."""
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def operand(rows: int) -> NVFP4Tensor:
+        spread = torch.logspace(-2, 2, 2 * NATIVE_K_MULTIPLE, device=device)
+        x = torch.randn(rows, 2 * NATIVE_K_MULTIPLE, generator=generator, device=device) * spread
+        return NVFP4Tensor.quantize(x)
+
+    a, b = operand(200), operand(136)
+    bias = torch.randn(136, generator=generator, device=device)
+    exact = a.dequantize(torch.float64) @ b.dequantize(torch.float64).T + bias.double()
+    try:
+        out = gemm(a, b, torch.float32, bias).double()
+    except Exception as error:  # a compiler or launch failure is a failed check, not a crash
+        return f"{type(error).__name__}: {error}"
+    if out.shape != exact.shape or not bool(torch.isfinite(out).all()):
+        return f"non-finite or misshaped output {tuple(out.shape)}"
+    error = ((out - exact).norm() / exact.norm()).item()
+    return None if error < 1e-5 else f"relative error {error:.2e} against the float64 product"
+
+
+def native_gemm_available(device: torch.device) -> bool:
+    """Whether NVFP4 GEMMs on ``device`` take :func:`dot_scaled_gemm`: a datacenter Blackwell
+    GPU on which :func:`check_native_gemm` passed (run once per device, on first use). The
+    check synchronizes, so it is not run inside CUDA-graph capture: a graph captured before
+    the first eager call keeps the bf16-operand route."""
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _available:
+        if torch.cuda.get_device_capability(index)[0] != NATIVE_MAJOR:
+            _available[index] = False
+        elif torch.cuda.is_current_stream_capturing():
+            return False
+        else:
+            failure = check_native_gemm(torch.device("cuda", index))
+            if failure is not None:
+                warnings.warn(
+                    f"quartet: the native NVFP4 GEMM failed its check on {torch.cuda.get_device_name(index)} "
+                    f"({failure}); NVFP4 GEMMs take the bf16-operand route",
+                    stacklevel=2,
+                )
+            _available[index] = failure is None
+    return _available[index]

@@ -8,6 +8,13 @@ the high-precision GEMMs of ``fp4-forward`` on the dequantized saved operands (b
 fp16 gradients; a float32 gradient runs the reference, whose float32 GEMMs these would
 otherwise round to bf16). ``bf16`` runs the reference, which is ``F.linear``.
 
+GEMMs: on datacenter Blackwell (after the device passed the native kernel's first-use check)
+the quantizers write packed codes and :func:`.blackwell.dot_scaled_gemm` multiplies them on
+the block-scaled FP4 tensor cores; elsewhere, or where the reduction is not a multiple of 128,
+they write the exact unscaled bf16 operands for :func:`.gemm.unscaled_gemm`. The ``nvidia``
+dgrad multiplies by the dequantized saved weight (its 16x16 tiles are quantized along the
+other axis) and ``fp4-forward``'s backward is BF16, so both keep the bf16 route.
+
 Randomness of the backward comes from the recipe's generator (PyTorch's default CUDA
 generator unless a ``seed`` is configured): the rotation signs (128 for MS-EDEN, 16 for
 ``nvidia``), then one Philox seed per stochastically quantized operand, drawn as device
@@ -30,6 +37,7 @@ from ..reference.linear import NVIDIA_RHT_SIZE, Saved
 from ..reference.nvfp4 import NVFP4Tensor
 from ..reference.quantizers import EDEN_GROUP
 from ..reference.randomness import RandomSource, as_generator
+from .blackwell import NATIVE_K_MULTIPLE, dot_scaled_gemm, native_gemm_available
 from .dequantize import dequantize_unscaled
 from .gemm import unscaled_gemm
 from .ms_eden import ms_eden
@@ -44,21 +52,34 @@ def supports(config: QuartetConfig) -> tuple[bool, bool]:
     return quantized, quantized
 
 
+def operands(device: torch.device, k: int) -> dict[str, bool]:
+    """What the quantizers of a GEMM reducing over ``k`` write: packed codes where the native
+    Blackwell GEMM runs, else the exact unscaled bf16 operands (``codes`` and ``unscaled_bf16``
+    keyword arguments of the quantize kernels)."""
+    native = k % NATIVE_K_MULTIPLE == 0 and native_gemm_available(device)
+    return {"codes": native, "unscaled_bf16": not native}
+
+
 def gemm(a: Quantized, b: Quantized, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
-    """``deq(a) deq(b)^T`` from the exact unscaled bf16 operands, the fastest Hopper route at
+    """``deq(a) deq(b)^T``: on the FP4 tensor cores when the quantizers wrote codes only
+    (:func:`operands`), else from the exact unscaled bf16 operands, the fastest Hopper route at
     every benchmarked shape (``bench/results/kernels.md``: 94-103% of cuBLAS bf16 through the
     TMA GEMM against about 20% for the in-kernel-dequantizing Triton GEMM)."""
+    if a.unscaled_bf16 is None:
+        return dot_scaled_gemm(a.fp4, b.fp4, out_dtype, bias)
     return unscaled_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, config: QuartetConfig) -> tuple[Tensor, Saved]:
     """``x [T, K] @ weight [N, K]^T + bias``: quantize both (RTN, 4/6, or for ``nvidia`` RTN
     with 16x16 weight tiles), one NVFP4 GEMM. ``nvidia`` saves ``x`` itself (its backward
-    rotates it), so its FP4 codes are never written."""
+    rotates it), so its FP4 codes are written only for a native GEMM."""
     four_over_six = config.forward_quant is ForwardQuant.FOUR_OVER_SIX
     nvidia = config.forward_quant is ForwardQuant.NVIDIA
-    xq = quantize(x, four_over_six=four_over_six, codes=not nvidia, unscaled_bf16=True)
-    wq = quantize(weight, four_over_six=four_over_six, tile_2d=nvidia, unscaled_bf16=True)
+    route = operands(x.device, x.shape[1])
+    codes, unscaled_bf16 = route["codes"] or not nvidia, route["unscaled_bf16"]
+    xq = quantize(x, four_over_six=four_over_six, codes=codes, unscaled_bf16=unscaled_bf16)
+    wq = quantize(weight, four_over_six=four_over_six, tile_2d=nvidia, unscaled_bf16=unscaled_bf16)
     saved = Saved(x=x, wq=wq.fp4) if nvidia else Saved(xq=xq.fp4, wq=wq.fp4)
     return gemm(xq, wq, x.dtype, bias), saved
 
@@ -74,7 +95,7 @@ def _ms_eden_gemm(
 ) -> Tensor:
     """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction;
     ``seeds``: two 0-d seed tensors; ``stats``: two zeroed amax scratch rows."""
-    options = {"codes": False, "unscaled_bf16": True}
+    options = operands(b.codes.device, b.codes.shape[0])
     aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, stats=stats[0], **options)
     bq = ms_eden(b, rotation, seeds[1], transpose=True, stats=stats[1], **options)
     return gemm(aq, bq, out_dtype)
@@ -114,12 +135,12 @@ def _backward_nvidia(grad, saved, dtypes, needs, source):
     rotation = random_rotation(NVIDIA_RHT_SIZE, generator, grad.device)
     seeds = torch.randint(0, 2**62, (2,), generator=generator, device=grad.device).unbind()
     stats = torch.zeros(3, 2, dtype=torch.float32, device=grad.device).unbind()
-    options = {"codes": False, "unscaled_bf16": True}
     dx = dw = None
     if needs[0]:
-        gq = nvidia_quantize(grad, seed=seeds[0], stats=stats[0], **options)
+        gq = nvidia_quantize(grad, seed=seeds[0], stats=stats[0], codes=False, unscaled_bf16=True)
         dx = _dequantized_gemm(gq.unscaled_bf16, saved.wq, gq.tensor_scale, dtypes[0])
     if needs[1]:
+        options = operands(grad.device, grad.shape[0])
         gtq = nvidia_quantize(grad, seed=seeds[1], rotation=rotation, transpose=True, stats=stats[1], **options)
         xtq = nvidia_quantize(saved.x, seed=None, rotation=rotation, transpose=True, stats=stats[2], **options)
         dw = gemm(gtq, xtq, dtypes[1])
