@@ -286,8 +286,7 @@ def linear_routes(generator: torch.Generator) -> None:
 
     def native_route(a, b, out_dtype, bias=None):
         calls["native"] += 1
-        out = nvfp4_matmul(a, b, torch.float32)
-        return (out if bias is None else out + bias.float()).to(out_dtype)
+        return nvfp4_matmul(a, b, out_dtype, bias)
 
     linear.unscaled_gemm, linear.dot_scaled_gemm = bf16_route, native_route
     # (K, recipe, native GEMMs per forward + backward, bf16 GEMMs in native mode)

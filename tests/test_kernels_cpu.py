@@ -17,6 +17,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from quartet_compile.kernels import blackwell, gemm, ms_eden, nvidia, quantize  # noqa: E402
+from quartet_compile.reference import nvfp4_matmul  # noqa: E402
 
 CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
 
@@ -244,16 +245,6 @@ def test_outputs_with_few_tiles_leave_the_tma_gemm(monkeypatch):
     assert not gemm.fills_device(8192, 256, cpu)
 
 
-def _exact_product(a, b, out_dtype, bias=None):
-    """What the native GEMM must compute, from the reference (a stand-in for the check)."""
-    import torch
-
-    from quartet_compile.reference import nvfp4_matmul
-
-    out = nvfp4_matmul(a, b, torch.float32)
-    return (out if bias is None else out + bias).to(out_dtype)
-
-
 def _scales_read_as_e8m0(a, b, out_dtype, bias=None):
     """The product a tensor core computes if told the scale bytes are UE8M0."""
     import dataclasses
@@ -264,7 +255,7 @@ def _scales_read_as_e8m0(a, b, out_dtype, bias=None):
         e8m0 = torch.exp2(t.scales.view(torch.uint8).float() - 127)
         return dataclasses.replace(t, scales=e8m0.to(torch.float8_e4m3fn))
 
-    return _exact_product(reread(a), reread(b), out_dtype, bias)
+    return nvfp4_matmul(reread(a), reread(b), out_dtype, bias)
 
 
 def _nibbles_swapped(a, b, out_dtype, bias=None):
@@ -273,7 +264,7 @@ def _nibbles_swapped(a, b, out_dtype, bias=None):
     def swap(t):
         return dataclasses.replace(t, codes=(t.codes >> 4) | (t.codes << 4))
 
-    return _exact_product(swap(a), b, out_dtype, bias)
+    return nvfp4_matmul(swap(a), b, out_dtype, bias)
 
 
 def _raises(a, b, out_dtype, bias=None):
@@ -287,11 +278,11 @@ def test_native_gemm_check_accepts_the_exact_product_and_catches_wrong_ones():
     import torch
 
     cpu = torch.device("cpu")
-    assert blackwell.check_native_gemm(cpu, _exact_product) is None
+    assert blackwell.check_native_gemm(cpu, nvfp4_matmul) is None
     assert "relative error" in blackwell.check_native_gemm(cpu, _scales_read_as_e8m0)
     assert "relative error" in blackwell.check_native_gemm(cpu, _nibbles_swapped)
-    assert "relative error" in blackwell.check_native_gemm(cpu, lambda a, b, dtype, bias: _exact_product(a, b, dtype))
-    nan = blackwell.check_native_gemm(cpu, lambda *args: _exact_product(*args) * float("nan"))
+    assert "relative error" in blackwell.check_native_gemm(cpu, lambda a, b, dtype, bias: nvfp4_matmul(a, b, dtype))
+    nan = blackwell.check_native_gemm(cpu, lambda *args: nvfp4_matmul(*args) * float("nan"))
     assert "non-finite" in nan
     assert blackwell.check_native_gemm(cpu, _raises) == "RuntimeError: PassManager::run failed"
 
@@ -307,9 +298,12 @@ def test_native_gemm_needs_datacenter_blackwell_and_a_passed_check(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
-    monkeypatch.setattr(blackwell, "check_native_gemm", lambda device: checks.append(device.index) or (
-        "relative error 1.00e+00 against the float64 product" if device.index == 2 else None
-    ))  # fmt: skip
+
+    def check(device):
+        checks.append(device.index)
+        return "relative error 1.00e+00 against the float64 product" if device.index == 2 else None
+
+    monkeypatch.setattr(blackwell, "check_native_gemm", check)
     assert not blackwell.native_gemm_available(torch.device("cpu"))
     assert not blackwell.native_gemm_available(torch.device("cuda", 0))
     assert not blackwell.native_gemm_available(torch.device("cuda", 3))

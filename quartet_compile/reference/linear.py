@@ -100,10 +100,7 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None, config: Quart
     xq = _quantize_forward(kind, x, weight=False)
     wq = _quantize_forward(kind, weight, weight=True)
     saved = Saved(x=x, wq=wq) if config.backward_quant is BackwardQuant.NVIDIA else Saved(xq=xq, wq=wq)
-    y = nvfp4_matmul(xq, wq, torch.float32)
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype), saved
+    return nvfp4_matmul(xq, wq, x.dtype, bias), saved
 
 
 def _dequantized_matmul(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:

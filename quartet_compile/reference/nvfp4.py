@@ -46,10 +46,12 @@ class NVFP4Tensor:
         return values.reshape(self.shape).to(dtype or self.dtype)
 
 
-def nvfp4_matmul(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype) -> Tensor:
-    """``deq(a) @ deq(b)^T`` the way block-scaled FP4 tensor cores compute it: exact
-    ``e2m1 * scale`` operands, float32 accumulation, tensor scales applied once at the end."""
+def nvfp4_matmul(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
+    """``deq(a) @ deq(b)^T [+ bias]`` the way block-scaled FP4 tensor cores compute it: exact
+    ``e2m1 * scale`` operands, float32 accumulation, tensor scales applied once at the end,
+    then the bias in float32 (the GEMM kernels' epilogue), then the cast."""
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"reduction dims differ: {tuple(a.shape)} @ {tuple(b.shape)}^T")
     product = a.dequantize_unscaled() @ b.dequantize_unscaled().T
-    return (product * (a.tensor_scale * b.tensor_scale)).to(out_dtype)
+    product = product * (a.tensor_scale * b.tensor_scale)
+    return (product if bias is None else product + bias.float()).to(out_dtype)
