@@ -6,8 +6,10 @@ quantizers, attention, optimizer and the rest, and the most expensive kernels.
     python bench/step_profile.py --model 1b --batch 4 --seq-len 2048 --out bench/results
 
 The step is the training loop's (autocast bf16, backward, clipping, AdamW) on one fixed batch.
-A step time well above its kernel sum is host-bound (``--mode reduce-overhead`` removes that).
-On CPU the step is timed and no kernels are listed.
+"host" is the median time until the step's Python returns, before waiting for the device: a
+step whose host time equals its step time, well above its kernel sum, is host-bound (the GPU
+waits for launches; ``--mode reduce-overhead`` removes that). On CPU the step is timed and no
+kernels are listed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -86,15 +89,17 @@ def training_step(
 
 
 def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
-    """Median ms of ``steps`` steps after ``warmup`` (the training loop's timer), then ``steps``
-    more under the profiler for the kernel breakdown."""
+    """Median ms of ``steps`` steps after ``warmup`` (the training loop's timer) and of their
+    host issue time, then ``steps`` more under the profiler for the kernel breakdown."""
     for _ in range(warmup):
         step()
     timer = Timer(device)
-    times = []
+    times, host = [], []
     for _ in range(steps):
         start = timer.start()
+        issued = time.perf_counter()
         step()
+        host.append((time.perf_counter() - issued) * 1e3)
         times.append(timer.elapsed_ms(start))
     with profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
@@ -102,17 +107,17 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
-    return {"step_ms": statistics.median(times), **breakdown(kernels, steps)}
+    return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), **breakdown(kernels, steps)}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     columns = [*FAMILIES, "other"]
     lines = [*report.markdown_header("Training step: device time by kernel family", meta)]
     lines += [f"{meta['model']}, batch {meta['batch']} x {meta['seq_len']}, mode {meta['mode']}; ms per step.", ""]
-    lines += ["| variant | step | kernels (launches) | " + " | ".join(columns) + " |",
-              "|---|---:|---:|" + "---:|" * len(columns)]  # fmt: skip
+    lines += ["| variant | step | host | kernels (launches) | " + " | ".join(columns) + " |",
+              "|---|---:|---:|---:|" + "---:|" * len(columns)]  # fmt: skip
     for r in rows:
-        cells = [f"{r['step_ms']:.2f}", f"{r['kernel_ms']:.2f} ({r['launches']:.0f})"]
+        cells = [f"{r['step_ms']:.2f}", f"{r['host_ms']:.2f}", f"{r['kernel_ms']:.2f} ({r['launches']:.0f})"]
         cells += [f"{r['families_ms'][c]:.2f}" for c in columns]
         lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     for r in rows:
@@ -143,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=args.mode)
         step = training_step(variant, ModelSpec(args.model), settings, device, args.inner_backend)
         rows.append({"variant": variant, **measure(step, device, args.warmup, args.steps)})
-        print(f"{variant}: {rows[-1]['step_ms']:.2f} ms per step, kernels {rows[-1]['kernel_ms']:.2f} ms", flush=True)
+        row = rows[-1]
+        print(f"{variant}: {row['step_ms']:.2f} ms per step, host {row['host_ms']:.2f}, kernels {row['kernel_ms']:.2f}",
+              flush=True)  # fmt: skip
     text = markdown(rows, meta)
     print(text)
     if args.out:
