@@ -81,9 +81,10 @@ def _shared(meta: dict, key: str) -> object:
 def summarize(paths: list[Path], out: Path | None, name: str) -> None:
     """Re-render result files; several are merged, in order, into ``out/{name}-{model}``. Runs
     split over several processes are only comparable if they trained the same model with the
-    same settings on the same text and device, so anything else is refused."""
+    same settings on the same text and device, so anything else is refused. A merged file can
+    be merged again (more seeds later): ``merged_from`` lists the files of the original runs."""
     results, meta = report.load(paths[0])
-    commands = [meta["command"]]
+    commands, sources = [meta["command"]], meta.get("merged_from", [paths[0].name])
     for path in paths[1:]:
         more, other = report.load(path)
         for key in ("model", "settings", "device", "corpus"):
@@ -91,12 +92,13 @@ def summarize(paths: list[Path], out: Path | None, name: str) -> None:
                 raise SystemExit(f"{path}: {key} {_shared(other, key)} differs from {paths[0]}'s {_shared(meta, key)}")
         results += more
         commands.append(other["command"])
+        sources += other.get("merged_from", [path.name])
     if len(paths) > 1:
         if out is None:
             raise SystemExit("merging several result files needs --out (and --name)")
         meta["command"] = " ; ".join(commands)
         meta["settings"] = _shared(meta, "settings")
-        meta["merged_from"] = [p.name for p in paths]
+        meta["merged_from"] = sources
         target = out, f"{name}-{meta['model']}"
     else:
         target = paths[0].parent, paths[0].stem

@@ -252,6 +252,13 @@ def test_accuracy_merges_runs_of_several_processes(tmp_path):
     assert [r.variant for r in merged] == ["inductor", "quartet2"]
     assert merged_meta["settings"] == {"steps": 2}, "a merged file claimed one backward seed for all its runs"
     assert merged_meta["command"] == "first ; second" and "+5.00% vs BF16" in merged_meta["notes"][1]
+    third = {**meta, "command": "third", "settings": {"steps": 2, "backward_seed": 3}}
+    report.write([_result("quartet2", 25.0, 2.3)], tmp_path, "e-tiny", third)
+    accuracy.summarize([tmp_path / "ab-tiny.json", tmp_path / "e-tiny.json"], tmp_path, "abe")
+    again, again_meta = report.load(tmp_path / "abe-tiny.json")
+    assert [r.variant for r in again] == ["inductor", "quartet2", "quartet2"]
+    assert again_meta["merged_from"] == ["a-tiny.json", "b-tiny.json", "e-tiny.json"]
+    assert again_meta["command"] == "first ; second ; third" and "over 2 seed(s)" in again_meta["notes"][1]
     report.write([_result("nvidia", 25.0, 2.1)], tmp_path, "c-tiny", {**meta, "settings": {"steps": 3}})
     with pytest.raises(SystemExit, match="settings"):
         accuracy.summarize([tmp_path / "a-tiny.json", tmp_path / "c-tiny.json"], tmp_path, "ac")
