@@ -67,8 +67,11 @@ class _Linear:
 
 
 def _path_from_source(name: str) -> str:
-    """``L['self']._modules['layers']._modules['0']._parameters['weight']`` -> ``layers.0.weight``."""
-    name = re.sub(r"^L\['[^']*'\]", "", name)
+    """``L['self']._modules['layers']._modules['0']._parameters['weight']`` -> ``layers.0.weight``.
+
+    The root is the compiled frame's local holding the model: ``L['self']``, or ``L['args'][0]``
+    when ``forward`` is wrapped by a decorator taking ``*args`` (``transformers`` 5.2x models)."""
+    name = re.sub(r"^L\['[^']*'\](?:\[\d+\])*", "", name)
     name = re.sub(r"\._(?:modules|parameters|buffers)\['([^']*)'\]", r".\1", name)
     name = re.sub(r"\[(\d+)\]|\['([^']*)'\]", lambda m: "." + (m.group(1) or m.group(2)), name)
     return name.lstrip(".")
