@@ -47,5 +47,8 @@ def setup(device: str | None = None) -> torch.device:
 
 
 def teardown() -> None:
+    """Leave the process group once every rank has finished: a rank that destroys its group while
+    another still works is one way PyTorch's teardown can hang (pytorch/pytorch#75097)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
