@@ -40,9 +40,9 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def tiny_llama(seed: int = 0) -> Llama:
+def tiny_llama(seed: int = 0, cls: type[Llama] = Llama) -> Llama:
     torch.manual_seed(seed)
-    return Llama(LlamaConfig())
+    return cls(LlamaConfig())
 
 
 def test_entry_point_makes_the_string_backend_work():
@@ -316,8 +316,7 @@ def test_module_paths_do_not_depend_on_a_wrapped_forward():
 
     tokens = token_batches(1)[0][:, :-1]
     plain = explain(tiny_llama(), tokens, inner_backend="aot_eager", verbose=False)
-    torch.manual_seed(0)
-    wrapped = explain(WrappedLlama(LlamaConfig()), tokens, inner_backend="aot_eager", verbose=False)
+    wrapped = explain(tiny_llama(cls=WrappedLlama), tokens, inner_backend="aot_eager", verbose=False)
     paths = [(r.module_path, r.weight) for r in plain.rows]
     assert [(r.module_path, r.weight) for r in wrapped.rows] == paths
     assert ("layers.0.attn.q_proj", "layers.0.attn.q_proj.weight") in paths
