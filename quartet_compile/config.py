@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
@@ -15,6 +16,10 @@ class Recipe(str, enum.Enum):
     NVIDIA = "nvidia"
     FP4_FORWARD = "fp4-forward"
     BF16 = "bf16"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Recipe:
+        raise ValueError(f"{value!r} is not a recipe; choose from {', '.join(r.value for r in cls)}")
 
 
 class ForwardQuant(str, enum.Enum):
@@ -43,6 +48,23 @@ InnerBackend = Literal["inductor", "aot_eager", "eager"]
 _INNER_BACKENDS = get_args(InnerBackend)
 
 
+def _patterns(name: str, value: Any) -> tuple[str, ...]:
+    """A pattern or an iterable of patterns -> a tuple of strings (a clear error otherwise)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, bytes):
+        patterns = tuple(value)
+        if all(isinstance(p, str) for p in patterns):
+            return patterns
+    raise TypeError(f"quartet option {name!r} takes a string or a list of strings (fnmatch patterns), got {value!r}")
+
+
+def _check_type(name: str, value: Any, allowed: tuple[type, ...], accepted: str) -> None:
+    # bool is an int subclass: an int option must not silently take True.
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise TypeError(f"quartet option {name!r} takes {accepted}, got {value!r} ({type(value).__name__})")
+
+
 @dataclass(frozen=True)
 class QuartetConfig:
     """How the ``quartet`` backend quantizes a model's linear layers.
@@ -51,37 +73,56 @@ class QuartetConfig:
     - ``four_over_six``: force 4/6 on or off (``None``: the recipe's default). Only recipes that
       round the forward to nearest with 1x16 blocks accept it.
     - ``keep_bf16``: ``fnmatch`` patterns of module paths (or weight names) whose matmuls stay in
-      high precision; by default the output head.
+      high precision. Paths are those of ``model.named_modules()`` of the model you compiled.
+    - ``keep_output_head``: keep the model's output head in high precision: the projection to the
+      vocabulary logits, found from what it is (``get_output_embeddings()`` of a ``transformers``
+      model, a weight tied to the input embedding, or a projection to the embedding's vocabulary
+      whose result is the graph's output or goes into its loss), whatever its name.
     - ``min_features``: matmuls whose ``K`` or ``N`` is smaller stay in high precision (padding
       and quantization overheads outweigh the gain there).
     - ``seed``: ``None`` draws backward randomness from PyTorch's default generator
       (``torch.manual_seed`` reproduces a run); an int uses a generator of the backend's own,
-      seeded once, so other random ops (dropout, data order) cannot shift it.
+      seeded once per ``torch.compile`` call, so other random ops (dropout, data order) cannot
+      shift it.
+    - ``weight_buffers``: ``fnmatch`` patterns of buffer names to treat as weights. Only
+      parameters are weights otherwise: a matmul of two activations stays in high precision.
     - ``inner_backend``: what compiles the rewritten graph: ``inductor`` (default),
       ``aot_eager`` (AOTAutograd without codegen, for debugging) or ``eager``.
     """
 
     recipe: Recipe = Recipe.QUARTET2
     four_over_six: bool | None = None
-    keep_bf16: tuple[str, ...] = ("lm_head", "*.lm_head")
+    keep_bf16: tuple[str, ...] = ()
+    keep_output_head: bool = True
     min_features: int = 128
     seed: int | None = None
+    weight_buffers: tuple[str, ...] = ()
     inner_backend: InnerBackend = "inductor"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.recipe, str):
+            raise TypeError(f"quartet option 'recipe' takes a recipe name, got {self.recipe!r}")
         object.__setattr__(self, "recipe", Recipe(self.recipe))
-        if isinstance(self.keep_bf16, str):
-            object.__setattr__(self, "keep_bf16", (self.keep_bf16,))
-        object.__setattr__(self, "keep_bf16", tuple(self.keep_bf16))
+        object.__setattr__(self, "keep_bf16", _patterns("keep_bf16", self.keep_bf16))
+        object.__setattr__(self, "weight_buffers", _patterns("weight_buffers", self.weight_buffers))
+        _check_type("four_over_six", self.four_over_six, (bool, type(None)), "True, False or None")
+        _check_type("keep_output_head", self.keep_output_head, (bool,), "True or False")
+        _check_type("min_features", self.min_features, (int,), "a non-negative int")
+        _check_type("seed", self.seed, (int, type(None)), "an int or None")
         if self.four_over_six is not None and _RECIPES[self.recipe][0] not in (
             ForwardQuant.RTN,
             ForwardQuant.FOUR_OVER_SIX,
         ):
-            raise ValueError(f"four_over_six cannot be set for recipe {self.recipe.value!r}")
+            raise ValueError(
+                f"quartet option 'four_over_six' applies to the round-to-nearest forward of quartet2, "
+                f"quartet2-no46 and fp4-forward, not to recipe {self.recipe.value!r}"
+            )
         if self.inner_backend not in _INNER_BACKENDS:
-            raise ValueError(f"inner_backend must be one of {_INNER_BACKENDS}, got {self.inner_backend!r}")
+            raise ValueError(
+                f"quartet option 'inner_backend' takes one of {', '.join(_INNER_BACKENDS)}, got {self.inner_backend!r}"
+            )
         if self.min_features < 0:
-            raise ValueError(f"min_features must be >= 0, got {self.min_features}")
+            raise ValueError(f"quartet option 'min_features' takes a non-negative int, got {self.min_features}")
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> QuartetConfig:

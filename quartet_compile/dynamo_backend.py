@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch.fx as fx
+from torch import nn
 
 from .config import QuartetConfig
-from .ops import reseed
+from .ops import DEFAULT_RNG, random_stream
 from .passes.linear_rewrite import MatmulDecision, rewrite_linears
+from .passes.weights import compiled_root
 
 log = logging.getLogger("quartet_compile")
 
@@ -64,20 +66,26 @@ def log_decisions(decisions: list[MatmulDecision]) -> None:
 class QuartetBackend:
     """A configured backend: ``torch.compile(model, backend=QuartetBackend(config))``.
 
-    ``reports`` holds the decisions for each graph compiled so far (one list per graph).
+    ``reports`` holds the decisions for each graph compiled so far (one list per graph). With a
+    ``seed``, every graph it compiles draws from one random stream, opened when it is built.
     """
 
     def __init__(self, config: QuartetConfig | None = None):
         self.config = config or QuartetConfig()
         self.reports: list[list[MatmulDecision]] = []
-        if self.config.seed is not None:
-            reseed(self.config.seed)
+        self.rng = DEFAULT_RNG if self.config.seed is None else random_stream(self.config.seed)
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list, mode: str | None = None) -> Callable:
-        decisions = rewrite_linears(gm, example_inputs, self.config)
+        decisions = self.rewrite(gm, example_inputs, compiled_root())
         self.reports.append(decisions)
         log_decisions(decisions)
         return _inner_compile(gm, example_inputs, self.config, mode)
+
+    def rewrite(
+        self, gm: fx.GraphModule, example_inputs: list, root: nn.Module | None, *, apply: bool = True
+    ) -> list[MatmulDecision]:
+        """The graph pass with this backend's options; ``root`` names the weights."""
+        return rewrite_linears(gm, example_inputs, self.config, root=root, rng=self.rng, apply=apply)
 
 
 def backend(config: QuartetConfig | None = None, **options: Any) -> QuartetBackend:
@@ -87,8 +95,18 @@ def backend(config: QuartetConfig | None = None, **options: Any) -> QuartetBacke
     return QuartetBackend(config or QuartetConfig.from_options(options))
 
 
+_by_options: dict[int, tuple[dict, QuartetBackend]] = {}
+"""The backend of each ``options`` dict seen: ``torch.compile(..., options=d)`` passes the same
+``d`` to every graph it compiles, so its graphs share one backend (and one random stream)."""
+
+
 def quartet(
     gm: fx.GraphModule, example_inputs: list, *, mode: str | None = None, options: dict | None = None
 ) -> Callable:
     """The entry point behind ``backend="quartet"``."""
-    return QuartetBackend(QuartetConfig.from_options(options))(gm, example_inputs, mode=mode)
+    if options is None:
+        return QuartetBackend()(gm, example_inputs, mode=mode)
+    entry = _by_options.get(id(options))
+    if entry is None or entry[0] is not options:
+        entry = _by_options[id(options)] = (options, QuartetBackend(QuartetConfig.from_options(options)))
+    return entry[1](gm, example_inputs, mode=mode)

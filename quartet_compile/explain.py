@@ -1,17 +1,22 @@
-"""``explain(model, *inputs)``: one row per matmul saying what the backend would do and why."""
+"""``explain(model, *args, **kwargs)``: one row per matmul saying what the backend would do and why."""
 
 from __future__ import annotations
 
+import itertools
+import types
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from .config import QuartetConfig
-from .dynamo_backend import log_decisions
-from .passes.linear_rewrite import MatmulDecision, rewrite_linears
+from .dynamo_backend import QuartetBackend, log_decisions
+from .passes.linear_rewrite import MatmulDecision
 
 _COLUMNS = ("module", "op", "shapes", "decision", "reason", "recipe")
+_traces = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -39,31 +44,46 @@ class ExplainReport:
         return "\n".join(out)
 
 
-def explain(
-    model: torch.nn.Module,
-    *example_inputs: Any,
-    config: QuartetConfig | None = None,
-    verbose: bool = True,
-    **options: Any,
-) -> ExplainReport:
-    """Trace ``model(*example_inputs)`` with Dynamo and report every matmul without compiling.
+def _call(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    # _call_impl: the module's hooks and forward, never a compiled call it may carry.
+    return module._call_impl(*args, **kwargs)
 
-    Runs the model once (without autograd) and resets Dynamo's caches before and after, so
-    the report reflects exactly these inputs. ``options`` are :class:`QuartetConfig` fields.
+
+def explain(
+    model: nn.Module,
+    *args: Any,
+    config: QuartetConfig | None = None,
+    options: dict[str, Any] | None = None,
+    verbose: bool = True,
+    **kwargs: Any,
+) -> ExplainReport:
+    """Trace ``model(*args, **kwargs)`` with Dynamo and report every matmul without compiling.
+
+    Runs the model once, without autograd. ``config`` or ``options`` (the fields of
+    :class:`QuartetConfig`) set the backend's options. Dynamo's caches are left as they were:
+    an already compiled ``model`` does not recompile afterwards (the trace goes through a
+    function of its own, whose cache entries go with it), and its counters are restored.
     """
-    config = config or QuartetConfig.from_options(options)
+    if config is not None and options:
+        raise ValueError("pass either a QuartetConfig or options, not both")
+    quartet = QuartetBackend(config or QuartetConfig.from_options(options))
+    root = getattr(model, "_orig_mod", model)
     rows: list[MatmulDecision] = []
 
     def capture(gm: torch.fx.GraphModule, inputs: list):
-        rows.extend(rewrite_linears(gm, inputs, config, apply=False))
+        rows.extend(quartet.rewrite(gm, inputs, root, apply=False))
         return gm.forward
 
-    torch._dynamo.reset()
+    # A code object of its own, and a name of its own (Dynamo remembers shapes by name and line).
+    run = types.FunctionType(_call.__code__.replace(co_name=f"quartet_explain_{next(_traces)}"), _call.__globals__)
+    counters = torch._dynamo.utils.counters
+    saved = {key: Counter(value) for key, value in counters.items()}
     try:
         with torch.no_grad():
-            torch.compile(model, backend=capture)(*example_inputs)
+            torch.compile(run, backend=capture)(root, args, kwargs)
     finally:
-        torch._dynamo.reset()
+        counters.clear()
+        counters.update(saved)
     report = ExplainReport(rows)
     log_decisions(rows)
     if verbose:

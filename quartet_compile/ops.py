@@ -26,7 +26,8 @@ from .reference.linear import Saved, required_multiples
 from .reference.nvfp4 import NVFP4Tensor
 
 DEFAULT_RNG = -1
-"""``rng`` argument meaning PyTorch's default generator of the tensor's device."""
+"""``rng`` argument meaning PyTorch's default generator of the tensor's device; other values are
+streams of :func:`random_stream`."""
 
 _NO_FOUR_OVER_SIX_OVERRIDE = -1
 
@@ -37,25 +38,28 @@ def _config(recipe: str, four_over_six: int) -> QuartetConfig:
     return QuartetConfig(recipe=Recipe(recipe), four_over_six=override)
 
 
-_seeded_generators: dict[tuple[int, torch.device], torch.Generator] = {}
+_stream_seeds: list[int] = []
+"""Seed of each random stream, indexed by the stream's ``rng`` number."""
+_stream_generators: dict[tuple[int, torch.device], torch.Generator] = {}
+
+
+def random_stream(seed: int) -> int:
+    """A new stream of backward randomness seeded with ``seed``: the ``rng`` argument that selects
+    it. Each backend with ``seed=`` opens one, so two ``torch.compile`` calls with the same seed
+    replay the same draws, while the graphs of one call continue a single stream."""
+    _stream_seeds.append(seed)
+    return len(_stream_seeds) - 1
 
 
 def _random_source(rng: int, device: torch.device) -> torch.Generator | None:
-    """The backend's own generator for ``seed=rng``, created once per device and advanced by
-    every backward call; ``None`` (the default generator) for :data:`DEFAULT_RNG`."""
+    """The generator of stream ``rng`` on ``device``, created on first use and advanced by every
+    backward call; ``None`` (the default generator) for :data:`DEFAULT_RNG`."""
     if rng == DEFAULT_RNG:
         return None
     key = (rng, torch.device(device))
-    if key not in _seeded_generators:
-        _seeded_generators[key] = torch.Generator(device=device).manual_seed(rng)
-    return _seeded_generators[key]
-
-
-def reseed(seed: int) -> None:
-    """Restart the generators of ``seed`` (a new backend with ``seed=`` calls this), so the
-    same seed replays the same backward randomness."""
-    for key in [k for k in _seeded_generators if k[0] == seed]:
-        del _seeded_generators[key]
+    if key not in _stream_generators:
+        _stream_generators[key] = torch.Generator(device=device).manual_seed(_stream_seeds[rng])
+    return _stream_generators[key]
 
 
 def _kernels_for(config: QuartetConfig, device: torch.device) -> tuple[bool, bool]:
@@ -96,14 +100,22 @@ def _saves_hp_x(config: QuartetConfig) -> bool:
     return config.forward_quant is ForwardQuant.NONE or config.backward_quant is BackwardQuant.NVIDIA
 
 
+def _saves_fp4(config: QuartetConfig) -> tuple[bool, bool]:
+    """Whether the forward saves the FP4 forms of ``(x, weight)`` for the backward."""
+    quantized = config.forward_quant is not ForwardQuant.NONE
+    return quantized and not _saves_hp_x(config), quantized
+
+
 def _fp4_parts(q: NVFP4Tensor | None, like: Tensor) -> list[Tensor]:
+    """The three tensors of ``q`` (contiguous, as the fake implementation declares them), or
+    three empty ones where nothing is saved."""
     if q is None:
         return [
             like.new_empty(0, dtype=torch.uint8),
             like.new_empty(0, dtype=torch.float8_e4m3fn),
             like.new_empty(0, dtype=torch.float32),
         ]
-    return [q.codes, q.scales, q.tensor_scale]
+    return [q.codes.contiguous(), q.scales.contiguous(), q.tensor_scale]
 
 
 _LIBRARY = torch.library.Library("quartet", "DEF")
@@ -129,7 +141,7 @@ def linear(
     config = _config(recipe, four_over_six)
     with _no_autocast(x.device):
         y, saved = _linear_forward(x, weight, bias, config)
-    return y, *_fp4_parts(saved.xq, x), *_fp4_parts(saved.wq, x)
+    return y.contiguous(), *_fp4_parts(saved.xq, x), *_fp4_parts(saved.wq, x)
 
 
 _define(linear)
@@ -140,7 +152,7 @@ def _linear_fake(x, weight, bias, recipe, four_over_six, rng):
     config = _config(recipe, four_over_six)
     tokens, k = x.shape
     n = weight.shape[0]
-    quantized = config.forward_quant is not ForwardQuant.NONE
+    saves_xq, saves_wq = _saves_fp4(config)
 
     def parts(rows: int, present: bool) -> list[Tensor]:
         if not present:
@@ -152,7 +164,7 @@ def _linear_fake(x, weight, bias, recipe, four_over_six, rng):
         ]
 
     y = x.new_empty(tokens, n)
-    return y, *parts(tokens, quantized and not _saves_hp_x(config)), *parts(n, quantized)
+    return y, *parts(tokens, saves_xq), *parts(n, saves_wq)
 
 
 def linear_backward_op(
@@ -177,16 +189,21 @@ def linear_backward_op(
     an output that is not needed comes back empty."""
     config = _config(recipe, four_over_six)
     tokens, n = grad.shape
-    k = 2 * w_codes.shape[1] if w_codes.numel() else weight.shape[1]
+    saves_xq, saves_wq = _saves_fp4(config)
+    k = 2 * w_codes.shape[1] if saves_wq else weight.shape[1]
+    if tokens == 0:  # eager's gradients of an empty batch: an empty dx and a zero dW
+        return grad.new_zeros((0, k) if needs_dx else 0, dtype=x_dtype), grad.new_zeros(
+            (n, k) if needs_dw else 0, dtype=w_dtype
+        )
 
     def rebuild(codes, scales, tensor_scale, rows, dtype):
-        return NVFP4Tensor(codes, scales, tensor_scale, torch.Size((rows, k)), dtype) if codes.numel() else None
+        return NVFP4Tensor(codes, scales, tensor_scale, torch.Size((rows, k)), dtype)
 
     saved = Saved(
         x=x,
         weight=weight,
-        xq=rebuild(x_codes, x_scales, x_tensor_scale, tokens, x_dtype),
-        wq=rebuild(w_codes, w_scales, w_tensor_scale, n, w_dtype),
+        xq=rebuild(x_codes, x_scales, x_tensor_scale, tokens, x_dtype) if saves_xq else None,
+        wq=rebuild(w_codes, w_scales, w_tensor_scale, n, w_dtype) if saves_wq else None,
     )
     with _no_autocast(grad.device):
         dx, dw = _linear_backward(
@@ -198,7 +215,7 @@ def linear_backward_op(
             source=_random_source(rng, grad.device),
         )
     empty = grad.new_empty(0)
-    return (empty if dx is None else dx), (empty if dw is None else dw)
+    return (empty if dx is None else dx.contiguous()), (empty if dw is None else dw.contiguous())
 
 
 _define(linear_backward_op)
@@ -224,7 +241,7 @@ def _linear_backward_fake(
     needs_dw,
 ):
     tokens, n = grad.shape
-    k = 2 * w_codes.shape[1] if w_codes.numel() else weight.shape[1]
+    k = 2 * w_codes.shape[1] if _saves_fp4(_config(recipe, four_over_six))[1] else weight.shape[1]
     dx = grad.new_empty(tokens, k, dtype=x_dtype) if needs_dx else grad.new_empty(0)
     dw = grad.new_empty(n, k, dtype=w_dtype) if needs_dw else grad.new_empty(0)
     return dx, dw
@@ -268,12 +285,13 @@ def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, T
     return x, weight, bias
 
 
-def op_arguments(config: QuartetConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`quartet_linear_op` that select ``config``'s numerics."""
+def op_arguments(config: QuartetConfig, rng: int = DEFAULT_RNG) -> dict[str, Any]:
+    """The keyword arguments of :func:`quartet_linear_op` that select ``config``'s numerics and
+    the random stream ``rng`` (:func:`random_stream`) of its backward."""
     return {
         "recipe": config.recipe.value,
         "four_over_six": _NO_FOUR_OVER_SIX_OVERRIDE if config.four_over_six is None else int(config.four_over_six),
-        "rng": DEFAULT_RNG if config.seed is None else config.seed,
+        "rng": rng,
     }
 
 

@@ -24,13 +24,15 @@ class ReferenceLinear(nn.Module):
         return quartet_linear_op(x, self.weight, self.bias, **self.kwargs)
 
 
-def eager_reference(model: nn.Module, config: QuartetConfig) -> nn.Module:
-    """A copy of ``model`` whose linear layers (outside ``keep_bf16``) are ReferenceLinear."""
+def eager_reference(model: nn.Module, config: QuartetConfig, head: str = "lm_head") -> nn.Module:
+    """A copy of ``model`` whose linear layers are ReferenceLinear, except those in ``keep_bf16``
+    and the output head ``head`` (which the backend keeps by default)."""
     model = copy.deepcopy(model)
+    keep = (*config.keep_bf16, head) if config.keep_output_head else config.keep_bf16
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             path = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, nn.Linear) and not any(fnmatch.fnmatchcase(path, p) for p in config.keep_bf16):
+            if isinstance(child, nn.Linear) and not any(fnmatch.fnmatchcase(path, p) for p in keep):
                 setattr(module, child_name, ReferenceLinear(child, config))
     return model
 

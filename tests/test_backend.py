@@ -4,6 +4,7 @@ reference, dynamic shapes, checkpointing, autocast, bad input and the explain re
 import copy
 import functools
 import logging
+import re
 from importlib.metadata import entry_points
 
 import pytest
@@ -65,7 +66,7 @@ def test_every_block_projection_is_rewritten_and_lm_head_is_not():
     (report,) = be.reports
     assert {d.module_path for d in report if d.quantized} == PROJECTIONS
     (head,) = [d for d in report if not d.quantized]
-    assert head.module_path == "lm_head" and "keep_bf16" in head.reason
+    assert head.module_path == "lm_head" and head.reason.startswith("output head")
 
 
 def test_dynamic_sequence_lengths_do_not_recompile_per_length():
@@ -152,6 +153,33 @@ def test_seed_option_gives_reproducible_randomness_of_its_own():
     assert not torch.equal(a[name], c[name])
 
 
+@pytest.mark.parametrize("how", ["options", "backend object"])
+def test_a_seeded_stream_continues_across_recompiles_and_restarts_per_compile_call(how):
+    """A recompile (here: a ``no_grad`` forward) must not restart the stream: the third call's
+    gradient differs from the first's on the same batch; a new ``torch.compile`` call restarts it."""
+    model = tiny_llama()
+    tokens = token_batches(1)[0][:, :-1]
+
+    def compiled_model():
+        if how == "options":
+            return torch.compile(model, backend="quartet", options={"seed": 3, "inner_backend": "aot_eager"})
+        return torch.compile(model, backend=backend(seed=3, inner_backend="aot_eager"))
+
+    def grad(compiled):
+        model.zero_grad()
+        compiled(tokens).float().square().mean().backward()
+        return model.layers[0].attn.q_proj.weight.grad.clone()
+
+    compiled = compiled_model()
+    first = grad(compiled)
+    with torch.no_grad():
+        compiled(tokens)
+    third = grad(compiled)
+    assert not torch.equal(first, third)
+    torch._dynamo.reset()
+    assert torch.equal(grad(compiled_model()), first)
+
+
 def test_options_and_backend_object_agree_and_bad_options_fail():
     tokens = token_batches(1)[0][:, :-1]
     model = tiny_llama()
@@ -164,6 +192,26 @@ def test_options_and_backend_object_agree_and_bad_options_fail():
         torch.compile(model, backend="quartet", options={"recipie": "nvidia"})(tokens)
     with pytest.raises(ValueError, match="either a QuartetConfig or keyword"):
         backend(QuartetConfig(), recipe="bf16")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"recipe": "fp8"}, ValueError, "'fp8' is not a recipe; choose from quartet2, quartet2-no46, nvidia"),
+        ({"min_features": "128"}, TypeError, "'min_features' takes a non-negative int, got '128'"),
+        ({"min_features": -1}, ValueError, "'min_features' takes a non-negative int"),
+        ({"seed": 1.5}, TypeError, "'seed' takes an int or None"),
+        ({"four_over_six": "yes"}, TypeError, "'four_over_six' takes True, False or None"),
+        ({"keep_bf16": [1]}, TypeError, "'keep_bf16' takes a string or a list of strings"),
+        ({"inner_backend": "jit"}, ValueError, "'inner_backend' takes one of inductor, aot_eager, eager"),
+        ({"recipe": "nvidia", "four_over_six": True}, ValueError, "'four_over_six' applies to"),
+    ],
+)
+def test_options_are_validated_when_the_backend_is_built(options, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        backend(**options)
+    with pytest.raises(error, match=re.escape(message)):
+        QuartetConfig.from_options(options)
 
 
 def test_activation_checkpointing_rewrites_inside_and_matches():
@@ -291,7 +339,7 @@ def test_attention_and_other_matmuls_are_reported_not_rewritten():
             c = self.q.weight @ x.transpose(-1, -2)
             return scores.sum() + a.sum() + b.sum() + c.sum()
 
-    report = explain(Mixed(), torch.randn(2, 64, 128), inner_backend="aot_eager", verbose=False)
+    report = explain(Mixed(), torch.randn(2, 64, 128), verbose=False)
     reasons = [(r.op, r.quantized, r.reason) for r in report.rows]
     assert reasons[0][:2] == ("linear", True)
     assert ("matmul", False, "both operands are activations (attention)") in reasons
@@ -315,8 +363,8 @@ def test_module_paths_do_not_depend_on_a_wrapped_forward():
         forward = passthrough(Llama.forward)
 
     tokens = token_batches(1)[0][:, :-1]
-    plain = explain(tiny_llama(), tokens, inner_backend="aot_eager", verbose=False)
-    wrapped = explain(tiny_llama(cls=WrappedLlama), tokens, inner_backend="aot_eager", verbose=False)
+    plain = explain(tiny_llama(), tokens, verbose=False)
+    wrapped = explain(tiny_llama(cls=WrappedLlama), tokens, verbose=False)
     paths = [(r.module_path, r.weight) for r in plain.rows]
     assert [(r.module_path, r.weight) for r in wrapped.rows] == paths
     assert ("layers.0.attn.q_proj", "layers.0.attn.q_proj.weight") in paths

@@ -59,7 +59,7 @@ def test_hf_model_compiles_trains_and_reports_every_projection(build):
     model, projections = build()
     tokens = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(1))
 
-    report = explain(model, tokens, inner_backend="aot_eager", verbose=False)
+    report = explain(model, tokens, verbose=False)
     assert sorted(r.module_path for r in report.quantized) == sorted(projections)
     # Kept matmuls with a weight: only the head (rotary tables may add activation matmuls).
     assert [r.module_path for r in report.kept if r.weight] == ["lm_head"]
@@ -75,3 +75,36 @@ def test_hf_model_compiles_trains_and_reports_every_projection(build):
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_the_trainer_trains_a_model_compiled_in_place(tmp_path, monkeypatch):
+    """The supported way with ``transformers.Trainer`` (whose ``torch_compile_backend`` accepts
+    only accelerate's own backend names): ``model.compile(backend="quartet")``, then the Trainer."""
+    pytest.importorskip("accelerate")
+    from torch.utils.data import Dataset
+
+    import quartet_compile.ops as ops
+
+    calls = []
+    forward = ops._linear_forward
+    monkeypatch.setattr(ops, "_linear_forward", lambda *args: calls.append(1) or forward(*args))
+
+    class Windows(Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            tokens = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": tokens, "labels": tokens}
+
+    torch.manual_seed(0)
+    model, projections = llama()
+    model.compile(backend="quartet", options={"inner_backend": "aot_eager"})
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=4, learning_rate=3e-3,
+        report_to=[], use_cpu=True, logging_steps=1, save_strategy="no",
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Windows())
+    losses = [log["loss"] for log in trainer.train() and trainer.state.log_history if "loss" in log]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(calls) == 4 * len(projections)  # every projection quantized on every step

@@ -1,12 +1,14 @@
 """Find the matmuls of linear layers in a Dynamo FX graph and rewrite them into
 :func:`quartet_compile.ops.quartet_linear_op`.
 
-A matmul is a linear layer when one operand is a weight: a 2-D graph input that is a module
-parameter or requires grad (Dynamo lifts parameters to placeholders), possibly through a
-transpose. Matched forms: ``F.linear``, ``matmul``/``@``/``mm`` with the weight on the right
-(``x @ W.T`` and ``x @ W`` with ``W`` stored ``[K, N]``), and ``addmm(bias, x, W)`` (GPT-2's
-``Conv1D``). Matmuls between two activations (attention) stay as they are. Every candidate
-gets a :class:`MatmulDecision`, which ``explain`` prints and the backend logs.
+A matmul is a linear layer when one operand is a weight (a parameter, see :mod:`.weights`),
+possibly through a transpose. Matched forms: ``F.linear``, ``matmul``/``@``/``mm`` with the weight
+on the right (``x @ W.T`` and ``x @ W`` with ``W`` stored ``[K, N]``), ``addmm(bias, x, W)``
+(GPT-2's ``Conv1D``) and an ``einsum`` that contracts an activation's last dimension with a 2-D
+weight. Every other matmul-like op gets a row saying why it stays in high precision: products of
+two activations (attention), batched or grouped products with a weight (mixture-of-experts
+experts), and ops that hide their projections (``nn.MultiheadAttention``). Every row is a
+:class:`MatmulDecision`, which ``explain`` prints and the backend logs.
 """
 
 from __future__ import annotations
@@ -20,22 +22,37 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from ..config import QuartetConfig
-from ..ops import op_arguments, quartet_linear_op
+from ..ops import DEFAULT_RNG, op_arguments, quartet_linear_op
 from ..reference.linear import required_multiples
+from .output_head import OutputHeads
+from .weights import Weights, _value
 
 _LINEAR = {torch._C._nn.linear}
 _MATMUL = {torch.matmul, operator.matmul, torch.mm, torch.Tensor.matmul, torch.Tensor.mm}
 _MATMUL_METHODS = {"matmul", "mm", "__matmul__"}
 _ADDMM = {torch.addmm}
-_BATCHED = {torch.bmm, torch.baddbmm, torch.Tensor.bmm}
+_BATCHED = {torch.bmm, torch.baddbmm, torch.Tensor.bmm, torch.Tensor.baddbmm}
+_EINSUM = {torch.einsum, torch.functional.einsum}
 # ``W.T`` is ``getattr(W, "T")`` in Dynamo graphs up to torch 2.13 and ``aten.numpy_T`` from 2.14.
 _TRANSPOSES = {torch.t, torch.Tensor.t, torch.ops.aten.t, torch.ops.aten.t.default}
 _TRANSPOSES |= {torch.ops.aten.numpy_T, torch.ops.aten.numpy_T.default}
 _TRANSPOSE_METHODS = {"t"}
+_VIEWS = {"view", "reshape", "to", "contiguous", "transpose", "permute", "t", "unsqueeze", "squeeze", "expand"}
+_VIEW_FUNCTIONS = {torch.transpose, torch.permute, torch.reshape, torch.t, operator.getitem, getattr}
 # Higher-order ops whose body graph runs the operands given after it (activation checkpointing).
 _BODY_HOPS = ("tag_activation_checkpoint", "wrap")
+_MATMUL_LIKE = re.compile(r"mm|matmul|einsum|linear|multi_head|attention|transformer_encoder")
+_NOT_2D = "a weight that is not a 2-D linear layer (batched or grouped, e.g. MoE experts): no NVFP4 route"
+_HIDDEN_PROJECTIONS = {
+    "multi_head_attention_forward": "nn.MultiheadAttention runs its projections inside "
+    "F.multi_head_attention_forward, which the graph does not open",
+    "_native_multi_head_attention": "nn.MultiheadAttention's fused inference path runs its projections inside one op",
+    "_transformer_encoder_layer_fwd": "nn.TransformerEncoderLayer's fused inference path runs its projections "
+    "inside one op",
+}
 
 
 @dataclass(frozen=True)
@@ -66,95 +83,45 @@ class _Linear:
     bias: fx.Node | None
 
 
-def _path_from_source(name: str) -> str:
-    """``L['self']._modules['layers']._modules['0']._parameters['weight']`` -> ``layers.0.weight``.
-
-    The root is the compiled frame's local holding the model: ``L['self']``, or ``L['args'][0]``
-    when ``forward`` is wrapped by a decorator taking ``*args`` (``transformers`` 5.2x models)."""
-    name = re.sub(r"^L\['[^']*'\](?:\[\d+\])*", "", name)
-    name = re.sub(r"\._(?:modules|parameters|buffers)\['([^']*)'\]", r".\1", name)
-    name = re.sub(r"\[(\d+)\]|\['([^']*)'\]", lambda m: "." + (m.group(1) or m.group(2)), name)
-    return name.lstrip(".")
+def _target_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
 
-def _module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path, _cls = list(stack.values())[-1]
-    return _path_from_source(path)
+def _resolve(weights: Weights, node: object) -> tuple[fx.Node, bool] | None:
+    """``(weight, transpose)`` if ``node`` is a weight ``[K, N]`` (transpose it) or the transpose
+    of a weight ``[N, K]``; ``None`` if it is an activation."""
+    if weights.is_weight(node):
+        return node, True
+    if not isinstance(node, fx.Node) or not node.args:
+        return None
+    base = node.args[0]
+    if not weights.is_weight(base):
+        return None
+    is_t = (node.op == "call_function" and node.target in _TRANSPOSES) or (
+        node.op == "call_method" and node.target in _TRANSPOSE_METHODS
+    )
+    is_attr_t = node.op == "call_function" and node.target is getattr and node.args[1:] in (("T",), ("mT",))
+    dims = tuple(a % 2 for a in node.args[1:]) if all(isinstance(a, int) for a in node.args[1:]) else ()
+    swaps = dims in ((0, 1), (1, 0))
+    is_swap = node.op == "call_method" and node.target in ("transpose", "permute") and swaps
+    is_swap |= node.op == "call_function" and node.target in (torch.transpose, torch.permute) and swaps
+    return (base, False) if (is_t or is_attr_t or is_swap) else None
 
 
-def _value(node: object):
-    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, fx.Node) else None
-
-
-class _Weights:
-    """Which nodes of a graph are weights (``node -> (is_weight, name)``)."""
-
-    def __init__(self, known: dict[fx.Node, tuple[bool, str]]):
-        self.known = known
-
-    @classmethod
-    def of_graph(cls, gm: fx.GraphModule, example_inputs: list) -> _Weights:
-        """Placeholders are weights when their example input is a parameter or requires grad."""
-        known = {}
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        for node, value in zip(placeholders, example_inputs, strict=False):
-            is_weight = isinstance(value, torch.Tensor) and (
-                isinstance(value, torch.nn.Parameter) or value.requires_grad
-            )
-            source = getattr(getattr(node.meta.get("grapharg"), "source", None), "name", None)
-            known[node] = (is_weight, _path_from_source(source) if source else node.name)
-        for node in gm.graph.nodes:
-            if node.op == "get_attr":
-                value = getattr(gm, str(node.target), None)
-                known[node] = (isinstance(value, torch.nn.Parameter), str(node.target))
-        return cls(known)
-
-    def of_body(self, body: fx.GraphModule, operands: list) -> _Weights:
-        """A subgraph's placeholders are weights when the operands passed to it are."""
-        placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
-        info = [(self.is_weight(a), self.name(a)) for a in operands]
-        return _Weights(dict(zip(placeholders, info, strict=False)))
-
-    def name(self, node: object) -> str:
-        return self.known.get(node, (False, ""))[1] if isinstance(node, fx.Node) else ""
-
-    def is_weight(self, node: object) -> bool:
-        value = _value(node)
-        return (
-            isinstance(node, fx.Node)
-            and self.known.get(node, (False, ""))[0]
-            and (value is None or (value.dim() == 2 and value.is_floating_point()))
+def _touched_weight(weights: Weights, node: fx.Node) -> fx.Node | None:
+    """A weight (of any rank) that an operand of ``node`` is, or views."""
+    frontier = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+    frontier += [a for arg in node.args if isinstance(arg, (list, tuple)) for a in arg if isinstance(a, fx.Node)]
+    while frontier:
+        current = frontier.pop()
+        if weights.is_weight(current, dims=None):
+            return current
+        viewing = (current.op == "call_method" and current.target in _VIEWS) or (
+            current.op == "call_function" and current.target in _VIEW_FUNCTIONS | _TRANSPOSES
         )
-
-    def resolve(self, node: object) -> tuple[fx.Node, bool] | None:
-        """``(weight, transpose)`` if ``node`` is a weight ``[K, N]`` (transpose it) or the
-        transpose of a weight ``[N, K]``; ``None`` if it is an activation."""
-        if self.is_weight(node):
-            return node, True
-        if not isinstance(node, fx.Node) or not node.args:
-            return None
-        base = node.args[0]
-        if not self.is_weight(base):
-            return None
-        is_t = (node.op == "call_function" and node.target in _TRANSPOSES) or (
-            node.op == "call_method" and node.target in _TRANSPOSE_METHODS
-        )
-        is_attr_t = node.op == "call_function" and node.target is getattr and node.args[1:] in (("T",), ("mT",))
-        dims = tuple(a % 2 for a in node.args[1:]) if all(isinstance(a, int) for a in node.args[1:]) else ()
-        is_swap = node.op == "call_method" and node.target in ("transpose", "permute") and dims in ((0, 1), (1, 0))
-        is_swap |= (
-            node.op == "call_function"
-            and node.target in (torch.transpose, torch.permute)
-            and dims
-            in (
-                (0, 1),
-                (1, 0),
-            )
-        )
-        return (base, False) if (is_t or is_attr_t or is_swap) else None
+        if viewing and current.args and isinstance(current.args[0], fx.Node):
+            frontier.append(current.args[0])
+    return None
 
 
 def _is(node: fx.Node, functions: set, methods: set = frozenset()) -> bool:
@@ -168,8 +135,29 @@ def _shape(node: object) -> str:
     return "?" if value is None else str(list(value.shape)).replace(" ", "")
 
 
-def _match(node: fx.Node, weights: _Weights) -> tuple[_Linear | None, str, str]:
-    """``(match, op name, reason it is not a linear layer)``."""
+def _einsum_linear(node: fx.Node, weights: Weights) -> tuple[_Linear | None, str]:
+    """An ``einsum`` of an activation and a 2-D weight that is ``x @ W^T`` or ``x @ W``: the
+    activation's last index contracted with the weight, whose other index is the output's last."""
+    equation, *operands = node.args
+    if not isinstance(equation, str) or len(operands) != 2:
+        return None, "einsum that is not one activation times one weight"
+    inputs, _, output = equation.replace(" ", "").partition("->")
+    terms = inputs.split(",")
+    which = [i for i, o in enumerate(operands) if weights.is_weight(o)]
+    if len(which) != 1 or not output:
+        return None, "einsum that is not one activation times one 2-D weight"
+    w_terms, x_terms = terms[which[0]], terms[1 - which[0]]
+    x = operands[1 - which[0]]
+    if len(w_terms) != 2 or not x_terms or x_terms[-1] not in w_terms or x_terms[-1] in output:
+        return None, "einsum that does not contract the activation's last dimension with the weight"
+    other = w_terms.replace(x_terms[-1], "", 1)
+    if output != x_terms[:-1] + other or other in x_terms:
+        return None, "einsum whose output is not the activation's other dimensions then the weight's"
+    return _Linear(x, operands[which[0]], w_terms[0] == x_terms[-1], None), ""
+
+
+def _match(node: fx.Node, weights: Weights) -> tuple[_Linear | None, str, str]:
+    """``(match, op name, reason it is not a linear layer)``; an empty op name: not a matmul."""
     if _is(node, _LINEAR):
         x = node.args[0] if node.args else node.kwargs.get("input")
         weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
@@ -188,34 +176,54 @@ def _match(node: fx.Node, weights: _Weights) -> tuple[_Linear | None, str, str]:
                 return None, op, "addmm input is not a bias vector"
         else:
             (a, b), bias = node.args[:2], None
-        resolved = weights.resolve(b)
+        resolved = _resolve(weights, b)
         if resolved is not None:
             a_value = _value(a)
             if a_value is not None and a_value.dim() < 2:
                 return None, op, "activation is a vector"
             return _Linear(a, resolved[0], resolved[1], bias), op, ""
-        if weights.resolve(a) is not None:
+        if _resolve(weights, a) is not None:
             return None, op, "weight on the left (W @ x)"
+        if _touched_weight(weights, node) is not None:
+            return None, op, _NOT_2D
         return None, op, "both operands are activations (attention)"
-    if _is(node, _BATCHED, {"bmm"}):
+    if _is(node, _BATCHED, {"bmm", "baddbmm"}):
+        if _touched_weight(weights, node) is not None:
+            return None, "bmm", _NOT_2D
         return None, "bmm", "batched matmul between activations"
-    return None, "", ""
+    if _is(node, _EINSUM):
+        if _touched_weight(weights, node) is None:
+            return None, "einsum", "both operands are activations"
+        match, reason = _einsum_linear(node, weights)
+        return match, "einsum", reason
+    op = _target_name(node)
+    if not _MATMUL_LIKE.search(op) or _touched_weight(weights, node) is None:
+        return None, "", ""
+    if op in _HIDDEN_PROJECTIONS:
+        return None, op, _HIDDEN_PROJECTIONS[op]
+    return None, op, _NOT_2D
 
 
-def _decide(node: fx.Node, match: _Linear, weights: _Weights, config: QuartetConfig) -> tuple[bool, str, str]:
-    """``(quantize?, reason, shapes)`` for a matched linear layer."""
+def _decide(
+    node: fx.Node, match: _Linear, weights: Weights, heads: OutputHeads | None, config: QuartetConfig
+) -> tuple[bool, str, str, str]:
+    """``(quantize?, reason, shapes, weight name)`` for a matched linear layer."""
     w = _value(match.weight)
     n, k = (w.shape[1], w.shape[0]) if match.transpose else (w.shape[0], w.shape[1])
     x = _value(match.x)
     shapes = f"x{_shape(match.x)} @ W[{n},{k}]^T" + (" + b" if match.bias is not None else "")
-    module, weight = _module_path(node), weights.name(match.weight)
+    module = weights.module_path(node)
+    weight = weights.name(match.weight, module)
     for pattern in config.keep_bf16:
-        if fnmatch.fnmatchcase(module, pattern) or fnmatch.fnmatchcase(weight, pattern):
-            return False, f"matches keep_bf16 pattern {pattern!r}", shapes
+        if any(name and fnmatch.fnmatchcase(name, pattern) for name in (module, weight)):
+            return False, f"matches keep_bf16 pattern {pattern!r}", shapes, weight
+    head = heads.reason(node, weights.ids.get(match.weight), n) if heads and config.keep_output_head else None
+    if head is not None:
+        return False, f"output head, {head} (keep_output_head)", shapes, weight
     if min(n, k) < config.min_features:
-        return False, f"K={k}, N={n} below min_features={config.min_features}", shapes
+        return False, f"K={k}, N={n} below min_features={config.min_features}", shapes, weight
     if x is not None and (not x.is_floating_point() or x.dtype == torch.float64):
-        return False, f"activation dtype {x.dtype} is not a training float type", shapes
+        return False, f"activation dtype {x.dtype} is not a training float type", shapes, weight
     multiples = required_multiples(config)
     notes = [
         f"{d} padded {s}->{-(-s // multiples[d]) * multiples[d]}" for d, s in (("K", k), ("N", n)) if s % multiples[d]
@@ -227,10 +235,10 @@ def _decide(node: fx.Node, match: _Linear, weights: _Weights, config: QuartetCon
             notes.append(f"T padded at run time to a multiple of {multiples['T']}")
         elif tokens % multiples["T"]:
             notes.append(f"T padded {tokens}->{-(-tokens // multiples['T']) * multiples['T']}")
-    return True, "; ".join(notes) or "ok", shapes
+    return True, "; ".join(notes) or "ok", shapes, weight
 
 
-def _candidates(gm: fx.GraphModule, weights: _Weights) -> Iterator[tuple[fx.Node, _Linear | None, str, str]]:
+def _candidates(gm: fx.GraphModule, weights: Weights) -> Iterator[tuple[fx.Node, _Linear | None, str, str]]:
     for node in list(gm.graph.nodes):
         if node.op not in ("call_function", "call_method"):
             continue
@@ -239,17 +247,17 @@ def _candidates(gm: fx.GraphModule, weights: _Weights) -> Iterator[tuple[fx.Node
             yield node, match, op, reason
 
 
-def _rewrite(node: fx.Node, match: _Linear, config: QuartetConfig) -> None:
+def _rewrite(node: fx.Node, match: _Linear, arguments: dict) -> None:
     graph = node.graph
     with graph.inserting_before(node):
         weight = graph.call_function(torch.t, (match.weight,)) if match.transpose else match.weight
-        new = graph.call_function(quartet_linear_op, (match.x, weight, match.bias), op_arguments(config))
+        new = graph.call_function(quartet_linear_op, (match.x, weight, match.bias), arguments)
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
 
 
-def _bodies(gm: fx.GraphModule, weights: _Weights) -> Iterator[tuple[fx.GraphModule, _Weights]]:
+def _bodies(gm: fx.GraphModule, weights: Weights) -> Iterator[tuple[fx.GraphModule, Weights]]:
     """Subgraphs of activation checkpointing (and plain ``wrap``), with the weights they receive."""
     for node in gm.graph.nodes:
         if node.op != "call_function" or getattr(node.target, "__name__", "") not in _BODY_HOPS:
@@ -261,30 +269,43 @@ def _bodies(gm: fx.GraphModule, weights: _Weights) -> Iterator[tuple[fx.GraphMod
 
 
 def rewrite_linears(
-    gm: fx.GraphModule, example_inputs: list, config: QuartetConfig, *, apply: bool = True
+    gm: fx.GraphModule,
+    example_inputs: list,
+    config: QuartetConfig,
+    *,
+    root: nn.Module | None = None,
+    rng: int = DEFAULT_RNG,
+    apply: bool = True,
 ) -> list[MatmulDecision]:
     """Rewrite the linear-layer matmuls of ``gm`` (and of its checkpointed bodies) in place;
-    with ``apply=False`` only report what would happen."""
-    return _rewrite_graph(gm, _Weights.of_graph(gm, example_inputs), config, apply)
+    with ``apply=False`` only report what would happen. ``root``: the compiled model, which
+    names the weights (see :func:`.weights.compiled_root`); ``rng``: the backward's random
+    stream (:func:`quartet_compile.ops.random_stream`)."""
+    weights = Weights.of_graph(gm, example_inputs, root, config.weight_buffers)
+    heads = OutputHeads(gm, weights, root)
+    return _rewrite_graph(gm, weights, heads, config, op_arguments(config, rng) if apply else None)
 
 
-def _rewrite_graph(gm: fx.GraphModule, weights: _Weights, config: QuartetConfig, apply: bool) -> list[MatmulDecision]:
+def _rewrite_graph(
+    gm: fx.GraphModule, weights: Weights, heads: OutputHeads, config: QuartetConfig, arguments: dict | None
+) -> list[MatmulDecision]:
+    """``arguments``: of the op that replaces each quantized matmul (``None``: report only)."""
     decisions = []
     for node, match, op, reason in _candidates(gm, weights):
-        weight_name = weights.name(match.weight) if match else ""
+        module = weights.module_path(node)
         if match is None:
-            shapes = " @ ".join(_shape(a) for a in node.args[:2] if isinstance(a, fx.Node))
+            weight_node = _touched_weight(weights, node)
+            weight_name = weights.name(weight_node, module) if weight_node is not None else ""
+            shapes = " @ ".join(_shape(a) for a in node.args[:3] if isinstance(a, fx.Node))
             quantize = False
         else:
-            quantize, reason, shapes = _decide(node, match, weights, config)
-        decisions.append(
-            MatmulDecision(_module_path(node), weight_name, op, shapes, quantize, reason, config.recipe.value)
-        )
-        if quantize and apply:
-            _rewrite(node, match, config)
+            quantize, reason, shapes, weight_name = _decide(node, match, weights, heads, config)
+        decisions.append(MatmulDecision(module, weight_name, op, shapes, quantize, reason, config.recipe.value))
+        if quantize and arguments is not None:
+            _rewrite(node, match, arguments)
     for body, body_weights in list(_bodies(gm, weights)):
-        decisions += _rewrite_graph(body, body_weights, config, apply)
-    if apply:
+        decisions += _rewrite_graph(body, body_weights, heads, config, arguments)
+    if arguments is not None:
         gm.graph.lint()
         gm.recompile()
     return decisions

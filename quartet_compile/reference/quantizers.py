@@ -116,9 +116,11 @@ def _block_squared_error(c: _Scaled) -> Tensor:
 
 
 def _pack(c: _Scaled, like: Tensor) -> NVFP4Tensor:
+    """The container in NVFP4's row-major layout, whatever the strides of the input were (a
+    transposed weight's block maxima come out column-major)."""
     return NVFP4Tensor(
-        codes=pack_e2m1(c.codes.flatten(1)),
-        scales=c.block_scales.to(torch.float8_e4m3fn),
+        codes=pack_e2m1(c.codes.flatten(1)).contiguous(),
+        scales=c.block_scales.to(torch.float8_e4m3fn).contiguous(),
         tensor_scale=c.tensor_scale,
         shape=like.shape,
         dtype=like.dtype,
