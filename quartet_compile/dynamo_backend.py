@@ -4,6 +4,10 @@
 ``torch_dynamo_backends`` entry point; ``options={...}`` takes the fields of
 :class:`~quartet_compile.config.QuartetConfig`. :func:`backend` builds a configured backend
 object that also keeps the report of every graph it compiled.
+
+Logging: the ``quartet_compile`` logger (INFO: a summary per graph, DEBUG: every matmul), which
+``TORCH_LOGS=quartet_compile`` (``+quartet_compile`` for DEBUG) or
+``torch._logging.set_logs(modules={"quartet_compile": logging.DEBUG})`` switch on.
 """
 
 from __future__ import annotations
@@ -21,20 +25,6 @@ from .passes.linear_rewrite import MatmulDecision, rewrite_linears
 from .passes.weights import compiled_root
 
 log = logging.getLogger("quartet_compile")
-
-
-def _register_torch_log() -> None:
-    """Let ``TORCH_LOGS=quartet`` / ``torch._logging.set_logs(quartet=...)`` switch our logger on.
-    ``register_log`` is private (stable since torch 2.1); without it, plain ``logging`` still works."""
-    try:
-        from torch._logging._internal import register_log
-
-        register_log("quartet", "quartet_compile")
-    except (ImportError, AttributeError, TypeError):
-        log.debug("torch._logging.register_log unavailable; use logging.getLogger('quartet_compile')")
-
-
-_register_torch_log()
 
 
 def _inner_compile(gm: fx.GraphModule, example_inputs: list, config: QuartetConfig, mode: str | None) -> Callable:

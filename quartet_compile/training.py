@@ -9,6 +9,7 @@ from a default generator reseeded to the same state. Only the compiled step diff
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import statistics
 import time
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch._inductor.config
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +28,8 @@ from .data import ByteCorpus, bits_per_byte
 from .distributed import backward_seed, world
 from .dynamo_backend import QuartetBackend, inductor
 from .models import PRESETS, Llama
+
+log = logging.getLogger("quartet_compile.bench")
 
 
 class Kind(str, enum.Enum):
@@ -54,13 +58,14 @@ BASELINE = "inductor"
 VARIANTS: dict[str, Variant] = {
     "eager": Variant("eager", Kind.EAGER),
     "inductor": Variant("inductor", Kind.INDUCTOR),
-    **{r.value: Variant(r.value, Kind.QUARTET, r) for r in Recipe if r is not Recipe.BF16},
-    "quartet-bf16": Variant("quartet-bf16", Kind.QUARTET, Recipe.BF16),
+    **{r.value: Variant(r.value, Kind.QUARTET, r) for r in Recipe},
     "tensorrt": Variant("tensorrt", Kind.TENSORRT),
     "fouroversix": Variant("fouroversix", Kind.FOUROVERSIX),
 }
-"""Names accepted by ``--variants``. ``quartet-bf16`` runs the backend with nothing quantized: the
-cost of the graph rewrite alone. ``fouroversix`` is the peer package's own linear module."""
+"""Names accepted by ``--variants``: ``eager``, ``inductor`` (the BF16 baseline), every recipe by
+its own name (``bf16`` is the quartet backend with nothing quantized: the cost of the graph
+rewrite alone), and the peers ``tensorrt`` and ``fouroversix`` (the peer package's own linear
+module)."""
 
 
 def parse_variants(names: str | list[str]) -> list[Variant]:
@@ -354,29 +359,29 @@ def train(
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() keeps them: breaks would add up across variants
     torch.manual_seed(settings.seed)
-    model = spec.build().to(device)
-    result = RunResult(variant.name, spec.label, sum(p.numel() for p in model.parameters()))
-    result.backward_seed = settings.backward_seed
+    result = RunResult(variant.name, spec.label, 0, backward_seed=settings.backward_seed)
     result.tokens_per_step = settings.batch * settings.seq_len
-    try:
+    backend = None
+    try:  # a variant that cannot run here is a "not run" row; the comparison goes on
+        model = spec.build().to(device)
+        result.parameters = sum(p.numel() for p in model.parameters())
         if variant.kind is Kind.FOUROVERSIX:
             _swap_in_fouroversix(model)
         backend = backend_for(variant, quartet_options or {})
-    except (ImportError, RuntimeError, ValueError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-        return result
-    model = _wrap_parallel(model, settings, device)
-    step_fn = _compile(model, backend, settings, None if variant.kind is Kind.TENSORRT else settings.compile_mode)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    runner = _train_steps if variant.trains else _forward_steps
-    try:
-        runner(step_fn, model, corpus, settings, device, result, backend, progress)
+        model = _wrap_parallel(model, settings, device)
+        step_fn = _compile(model, backend, settings, None if variant.kind is Kind.TENSORRT else settings.compile_mode)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        runner = _train_steps if variant.trains else _forward_steps
+        # Inductor's caches off: every variant compiles cold, whichever ran before it.
+        with torch._inductor.config.patch(force_disable_caches=True):
+            runner(step_fn, model, corpus, settings, device, result, backend, progress)
         result.graphs = backend.graphs if backend else 0
-    except Exception as exc:  # a failing peer or optional backend must not end the comparison
-        if variant.kind in (Kind.QUARTET, Kind.INDUCTOR, Kind.EAGER):
-            raise
-        result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    except Exception as exc:
+        log.warning("variant %s failed", variant.name, exc_info=True)
+        message = str(exc).strip().splitlines()
+        result.error = f"{type(exc).__name__}: {message[0] if message else ''}"
+        result.step_ms.clear()
     if device.type == "cuda":
         result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
     result.graph_breaks = sum(torch._dynamo.utils.counters["graph_break"].values())

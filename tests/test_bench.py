@@ -177,6 +177,98 @@ def test_cli_writes_the_comparison(corpus_dir, tmp_path, capsys):
     assert "quartet2" in capsys.readouterr().out
 
 
+def test_output_explains_its_columns_and_prints_the_total_time(corpus_dir, capsys):
+    cli.main(["--data", str(corpus_dir), "--variants", "inductor,quartet2", "--steps", "3", "--batch", "2",
+              "--seq-len", "32", "--eval-every", "3", "--inner-backend", "aot_eager"])  # fmt: skip
+    captured = capsys.readouterr()
+    for column in ("x base", "compile s", "peak GiB", "bpb gap", "recompiles"):
+        assert column in captured.out
+    assert all(line in captured.out for line in report.LEGEND)
+    assert "measured on CUDA only" in captured.out and "compiles cold" in captured.out
+    assert "Total time:" in captured.err
+
+
+def test_a_failing_variant_is_a_not_run_row_and_the_comparison_goes_on(corpus_dir, capsys, monkeypatch):
+    from quartet_compile import training
+
+    real = training.backend_for
+
+    def broken(variant, options):
+        if variant.name == "quartet2-no46":
+            raise RuntimeError("a kernel that does not compile here\nsecond line")
+        return real(variant, options)
+
+    monkeypatch.setattr(training, "backend_for", broken)
+    results = cli.main(["--data", str(corpus_dir), "--variants", "eager,quartet2-no46,quartet2", "--steps", "2",
+                        "--batch", "2", "--seq-len", "32", "--eval-every", "2",
+                        "--inner-backend", "aot_eager"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert [r.error is None for r in results] == [True, False, True]
+    assert "quartet2-no46: not run: RuntimeError: a kernel that does not compile here" in out
+    assert results[2].losses and results[2].step_ms
+
+
+def test_a_model_that_cannot_be_built_is_reported_not_raised(corpus_dir, capsys):
+    """The README's old example: GPT-2 with n_embd=512 and its default 12 heads."""
+    pytest.importorskip("transformers")
+    results = cli.main(["--data", str(corpus_dir), "--hf-config", "gpt2", "--hf-set", "n_layer=1", "--hf-set",
+                        "n_embd=512", "--variants", "eager", "--steps", "2"])  # fmt: skip
+    assert "must be divisible by num_heads" in results[0].error
+    assert "not run" in capsys.readouterr().out
+
+
+def test_cli_errors_list_what_is_allowed(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--variants", "inductor,fp8"])
+    assert "unknown variant(s) ['fp8']; choose from eager, inductor, quartet2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(["--recipe", "fp8"])
+    assert "invalid choice: 'fp8' (choose from quartet2, quartet2-no46, nvidia, fp4-forward, bf16)" in (
+        capsys.readouterr().err.replace("'quartet2'", "quartet2").replace("'", "")
+        .replace("fp8 (", "'fp8' (")
+    )  # fmt: skip
+
+
+def test_the_demo_takes_every_recipe_by_its_name(corpus_dir, capsys):
+    demo.main(["--data", str(corpus_dir), "--recipe", "bf16", "--steps", "2", "--batch", "2", "--seq-len", "32",
+               "--eval-every", "2", "--inner-backend", "aot_eager"])  # fmt: skip
+    assert "bf16 reaches" in capsys.readouterr().out
+
+
+def test_help_shows_defaults_and_choices_in_plain_text(capsys):
+    for main in (demo.main, cli.main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        text = capsys.readouterr().out
+        assert "(default: " in text and "``" not in text
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{quartet2,quartet2-no46,nvidia,fp4-forward,bf16}" in text
+    assert (
+        f"(default: {demo.CPU_DEFAULTS['steps'] if not torch.cuda.is_available() else demo.GPU_DEFAULTS['steps']})"
+        in text
+    )
+
+
+def test_torch_logs_switches_the_backend_log_on(tmp_path):
+    """The documented switch, in a fresh interpreter (TORCH_LOGS is read when torch is imported)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from quartet_compile.models import Llama\n"
+        "model = torch.compile(Llama(), backend='quartet', options={'inner_backend': 'eager'})\n"
+        "model(torch.randint(0, 256, (2, 64)))\n"
+    )
+    for setting, expected in (("quartet_compile", "quantized 14 of 15"), ("+quartet_compile", "layers.0.attn.q_proj")):
+        env = {**os.environ, "TORCH_LOGS": setting, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and expected in result.stderr, result.stderr[-2000:]
+
+
 def test_cli_rejects_bad_hf_overrides():
     with pytest.raises(SystemExit):
         cli.main(["--hf-config", "gpt2", "--hf-set", "n_layer"])

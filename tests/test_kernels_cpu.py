@@ -26,9 +26,19 @@ CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
     "check", ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage", "linear_routes"]
 )
 def test_kernel_matches_reference_in_triton_interpreter(check):
+    _interpret(check)
+
+
+def _interpret(check: str, *seed: str) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, str(CHECKS), check], env=env, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, str(CHECKS), check, *seed]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def test_division_check_draws_only_divisions_inside_the_fast_path_domain():
+    """Seed 1685312294 once drew a zero divisor (``torch.rand`` can return exactly 0)."""
+    _interpret("division", "1685312294")
 
 
 def _compile(kernel, signature: dict[str, str], constexprs: dict, arch: int, **options):

@@ -1,9 +1,9 @@
-"""``quartet-bench``: train the same model compiled several ways, side by side in one process on
+"""quartet-bench: train the same model compiled several ways, side by side in one process on
 one device, and compare step time, tokens/s, compile time, peak memory, graph breaks,
-recompiles and loss. Ratios are to the ``inductor`` (BF16) variant of the same run.
+recompiles and loss. Ratios are to the inductor (BF16) variant of the same run.
 
     quartet-bench --model 125m --variants inductor,quartet2,nvidia --steps 50
-    quartet-bench --hf-config gpt2 --hf-set n_layer=4 --steps 20
+    quartet-bench --hf-config gpt2 --hf-set n_layer=4 --hf-set n_embd=512 --hf-set n_head=8 --steps 20
     quartet-bench --distributed --model 1b         # tokens/s scaling over 1..N GPUs (torchrun)
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from ..data import DEFAULT_MAX_MB, ByteCorpus
+from ..models import PRESETS
 from ..training import VARIANTS, Kind, ModelSpec, RunResult, TrainSettings, Variant, parse_variants, train
 from . import report
 
@@ -52,9 +54,22 @@ def _seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` with every default, and the description's examples kept as written."""
+
+
+def variant_list(text: str) -> list[str]:
+    """``--variants``: comma-separated names, each checked against :data:`VARIANTS`."""
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """Arguments shared by ``quartet-bench`` and the demo (which only changes their defaults)."""
-    parser.add_argument("--model", default=defaults["model"], help="built-in preset: tiny, 30m, 125m, 350m, 1b")
+    parser.add_argument("--model", default=defaults["model"], choices=list(PRESETS), help="built-in model preset")
     parser.add_argument("--hf-config", help="a transformers model_type (llama, gpt2, qwen2...) or a config.json path")
     parser.add_argument("--hf-set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--data", help="text file or directory (default: the Python standard library's sources)")
@@ -64,20 +79,20 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, 
         default=DEFAULT_MAX_MB,
         help="read at most this many MB of --data (a run of more tokens than the training bytes repeats them)",
     )
-    parser.add_argument("--batch", type=int, default=defaults["batch"])
-    parser.add_argument("--seq-len", type=int, default=defaults["seq_len"])
-    parser.add_argument("--steps", type=int, default=defaults["steps"])
+    parser.add_argument("--batch", type=int, default=defaults["batch"], help="sequences per step")
+    parser.add_argument("--seq-len", type=int, default=defaults["seq_len"], help="bytes per sequence")
+    parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the timing")
-    parser.add_argument("--eval-every", type=int, default=defaults["eval_every"])
-    parser.add_argument("--eval-batches", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=defaults["lr"])
+    parser.add_argument("--eval-every", type=int, default=defaults["eval_every"], help="steps between validations")
+    parser.add_argument("--eval-batches", type=int, default=8, help="validation batches")
+    parser.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (cosine schedule)")
     parser.add_argument("--seed", type=int, default=0, help="initial weights and data order")
     parser.add_argument(
         "--backward-seed",
         type=_seed_list,
         help="backward randomness (default: seed + 1); a comma list trains every variant once per seed",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--out", type=Path, help="directory for the JSON, markdown and PNG results")
     parser.add_argument(
         "--mode",
@@ -85,7 +100,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, 
         help="torch.compile mode of every compiled variant (reduce-overhead: CUDA graphs)",
     )
     parser.add_argument(
-        "--inner-backend", default="inductor", help="what compiles quartet's rewritten graph (aot_eager: debugging)"
+        "--inner-backend",
+        default="inductor",
+        choices=["inductor", "aot_eager", "eager"],
+        help="what compiles quartet's rewritten graph (aot_eager: debugging)",
     )
     parser.add_argument("--name", default=defaults["name"], help="file stem of the results")
 
@@ -124,17 +142,32 @@ def spec_from(args: argparse.Namespace) -> ModelSpec:
 
 
 def _progress_bar(total: int, desc: str):
+    """A bar that starts after the first step, so that the compilation in it does not enter the
+    estimated time left."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+    print(f"  {desc}: compiling and running the first step ...", file=sys.stderr)
+    bar = None
 
     def update(step: int, loss: float) -> None:
-        bar.update(1)
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=step + 1, desc=desc, unit="step", leave=False, file=sys.stderr)
+        else:
+            bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
         if step + 1 == total:
             bar.close()
 
     return update
+
+
+def _warm_up_compiler(device: torch.device) -> None:
+    """One small Inductor compile, so that its one-time start-up costs (imports, worker pools,
+    toolchain checks) do not count against the first variant's compile time."""
+    torch._dynamo.reset()
+    torch.compile(lambda x: (x * 2).sum())(torch.ones(8, device=device))
+    torch._dynamo.reset()
 
 
 def compare(args: argparse.Namespace, variant_names: Sequence[str]) -> list[RunResult]:
@@ -148,6 +181,8 @@ def compare(args: argparse.Namespace, variant_names: Sequence[str]) -> list[RunR
         f"from {corpus.source} ({corpus.train.numel() / 1e6:.1f} MB train, {corpus.val.numel() / 1e6:.1f} MB val)",
         file=sys.stderr,
     )
+    started = time.perf_counter()
+    _warm_up_compiler(device)
     results = []
     for variant, run_settings in runs_from(args, variant_names):
         progress = _progress_bar(settings.steps, variant.name)
@@ -157,6 +192,7 @@ def compare(args: argparse.Namespace, variant_names: Sequence[str]) -> list[RunR
         results.append(result)
     print()
     print(report.text_table(*report.summary_rows(results)))
+    print("\n".join(report.LEGEND))
     if any(r.error for r in results):
         print(report.failures(results))
     curves = report.curve_table(results)
@@ -166,6 +202,8 @@ def compare(args: argparse.Namespace, variant_names: Sequence[str]) -> list[RunR
         meta = {**report.environment(device), "model": spec.label, "settings": vars(settings)}
         for path in report.write(results, args.out, args.name, meta):
             print(f"wrote {path}")
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    print(f"\nTotal time: {minutes} min {seconds} s", file=sys.stderr)
     return results
 
 
@@ -176,14 +214,17 @@ def _default_variants() -> list[str]:
     return DEFAULT_VARIANTS
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="quartet-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> list[RunResult] | None:
+    """``quartet-bench``; returns the comparison's results (``None`` for --replot and --distributed)."""
+    parser = argparse.ArgumentParser(prog="quartet-bench", description=__doc__, formatter_class=HelpFormatter)
     add_training_arguments(
         parser, {"model": "tiny", "batch": 8, "seq_len": 256, "steps": 30, "eval_every": 10, "lr": 3e-3, "name": "ab"}
     )
-    parser.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all installed)")
+    parser.add_argument(
+        "--variants",
+        type=variant_list,
+        help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all that are installed)",
+    )
     parser.add_argument("--distributed", action="store_true", help="tokens/s scaling from 1 to N GPUs (torchrun)")
     parser.add_argument("--parallel", choices=["none", "ddp", "fsdp2"], default="ddp", help="engine for --distributed")
     parser.add_argument("--max-ranks", type=int, help="largest world size for --distributed (default: all GPUs)")
@@ -195,16 +236,16 @@ def main(argv: list[str] | None = None) -> None:
         results, _ = report.load(args.replot)
         print(report.text_table(*report.summary_rows(results)))
         report.plot(results, args.replot.with_suffix(".png"), title=args.replot.stem)
-        return
-    variants = args.variants.split(",") if args.variants else _default_variants()
+        return None
+    variants = args.variants or _default_variants()
     if args.worker_json:
         from .scaling import run_worker
 
         run_worker(args, runs_from(args, variants), spec_from(args))
-        return
+        return None
     if args.distributed:
         from .scaling import scaling_study
 
         scaling_study(args, variants)
-        return
-    compare(args, variants)
+        return None
+    return compare(args, variants)

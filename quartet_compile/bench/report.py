@@ -77,6 +77,19 @@ def summary_rows(results: Sequence[RunResult]) -> tuple[list[str], list[list[str
     return header, rows
 
 
+LEGEND = (
+    "step ms: median wall time of a training step after the warm-up steps; x base: over the "
+    f"{BASELINE} (BF16) row of the same run; tokens/s: tokens per step over the median step time.",
+    "compile s: the first step's time minus a median step; every variant compiles cold (Inductor's "
+    "caches off), after one warm-up compile.",
+    "peak GiB, mem x base: torch.cuda.max_memory_allocated, measured on CUDA only ('-' elsewhere).",
+    "graphs: graphs compiled; breaks: graph breaks; recompiles: graphs compiled after the first step.",
+    "loss: mean training loss of the last 10 steps; val bpb: validation bits per byte at the end; "
+    "bpb gap: val bpb over the baseline's, in percent.",
+)
+"""What the summary table's columns mean, printed under it and written under the markdown one."""
+
+
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=False)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -126,7 +139,8 @@ def write(results: Sequence[RunResult], out: Path, stem: str, meta: dict[str, An
     is installed, ``{stem}.png``. Returns the paths written."""
     payload = {**meta, "results": [r.to_json() for r in results]}
     header, rows = summary_rows(results)
-    md = [*markdown_header(stem, meta), markdown_table(header, rows), "", failures(results), *meta.get("notes", [])]
+    md = [*markdown_header(stem, meta), markdown_table(header, rows), "", *LEGEND, "", failures(results)]
+    md += meta.get("notes", [])
     json_path, md_path = write_result(out, stem, payload, "\n".join(md) + "\n")
     png = plot(results, out / f"{stem}.png", title=stem)
     return [json_path, md_path] + ([png] if png else [])
