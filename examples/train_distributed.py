@@ -19,9 +19,10 @@ import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from quartet_compile import backend, distributed
-from quartet_compile.data import ByteCorpus
-from quartet_compile.training import ModelSpec
+from quartet_bench import parallel as distributed
+from quartet_bench.data import ByteCorpus
+from quartet_bench.models import ModelSpec
+from quartet_compile import backend
 
 
 def main() -> None:

@@ -1,28 +1,36 @@
 """quartet-compile: NVFP4 training numerics (Quartet II + Four Over Six) for torch.compile.
 
 ``torch.compile(model, backend="quartet")`` works after ``pip install`` (entry point);
-``quartet_compile.backend(...)`` gives a configured backend, ``explain(...)`` a report.
+:func:`backend` gives a configured backend, :func:`explain` a report of every matmul, and
+:func:`linear`, :class:`QuartetLinear` and :func:`swap_linears` the same numerics without
+``torch.compile``.
 
-The reference numerics live in :mod:`quartet_compile.reference`; FX passes in
-:mod:`quartet_compile.passes` and Triton kernels in :mod:`quartet_compile.kernels`.
+Layers, each importing only those before it: :mod:`.nvfp4` (the numerics contract),
+:mod:`.reference` and :mod:`.kernels` (its two implementations), :mod:`.ops` (the custom ops and
+the routing between implementations), :mod:`.passes` (the FX graph pass), :mod:`.compiler` (the
+``torch.compile`` backend), then this public API.
 """
 
+from .compiler import QuartetBackend, backend
 from .config import QuartetConfig, Recipe
-from .dynamo_backend import QuartetBackend, backend
+from .eager import QuartetLinear, linear, swap_linears
 from .explain import ExplainReport, explain
-from .reference import NVFP4Tensor
-from .reference.linear import quartet_linear
+from .nvfp4 import NVFP4Tensor
+from .ops import KernelPreference
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ExplainReport",
+    "KernelPreference",
     "NVFP4Tensor",
     "QuartetBackend",
     "QuartetConfig",
+    "QuartetLinear",
     "Recipe",
     "__version__",
     "backend",
     "explain",
-    "quartet_linear",
+    "linear",
+    "swap_linears",
 ]

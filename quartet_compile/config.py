@@ -7,6 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
+from .nvfp4.numerics import BackwardQuant, ForwardQuant, Numerics
+from .ops.routing import KernelPreference
+
 
 class Recipe(str, enum.Enum):
     """Which numerics a quantized linear layer uses."""
@@ -22,25 +25,12 @@ class Recipe(str, enum.Enum):
         raise ValueError(f"{value!r} is not a recipe; choose from {', '.join(r.value for r in cls)}")
 
 
-class ForwardQuant(str, enum.Enum):
-    NONE = "none"
-    RTN = "rtn"
-    FOUR_OVER_SIX = "4/6"
-    NVIDIA = "rtn, 16x16 weight blocks"
-
-
-class BackwardQuant(str, enum.Enum):
-    NONE = "none"
-    MS_EDEN = "ms-eden (rht-128)"
-    NVIDIA = "sr, rht-16 on wgrad"
-
-
-_RECIPES: dict[Recipe, tuple[ForwardQuant, BackwardQuant]] = {
-    Recipe.QUARTET2: (ForwardQuant.FOUR_OVER_SIX, BackwardQuant.MS_EDEN),
-    Recipe.QUARTET2_NO46: (ForwardQuant.RTN, BackwardQuant.MS_EDEN),
-    Recipe.NVIDIA: (ForwardQuant.NVIDIA, BackwardQuant.NVIDIA),
-    Recipe.FP4_FORWARD: (ForwardQuant.FOUR_OVER_SIX, BackwardQuant.NONE),
-    Recipe.BF16: (ForwardQuant.NONE, BackwardQuant.NONE),
+_RECIPES: dict[Recipe, Numerics] = {
+    Recipe.QUARTET2: Numerics(ForwardQuant.FOUR_OVER_SIX, BackwardQuant.MS_EDEN),
+    Recipe.QUARTET2_NO46: Numerics(ForwardQuant.RTN, BackwardQuant.MS_EDEN),
+    Recipe.NVIDIA: Numerics(ForwardQuant.NVIDIA, BackwardQuant.NVIDIA),
+    Recipe.FP4_FORWARD: Numerics(ForwardQuant.FOUR_OVER_SIX, BackwardQuant.NONE),
+    Recipe.BF16: Numerics(ForwardQuant.NONE, BackwardQuant.NONE),
 }
 
 
@@ -86,6 +76,9 @@ class QuartetConfig:
       shift it.
     - ``weight_buffers``: ``fnmatch`` patterns of buffer names to treat as weights. Only
       parameters are weights otherwise: a matmul of two activations stays in high precision.
+    - ``kernel_preference``: ``auto`` (the Triton kernels wherever they run, else the
+      reference), ``triton`` (an error where they cannot run) or ``reference`` (the pure-PyTorch
+      numerics everywhere, for debugging and comparison).
     - ``inner_backend``: what compiles the rewritten graph: ``inductor`` (default),
       ``aot_eager`` (AOTAutograd without codegen, for debugging) or ``eager``.
     """
@@ -97,19 +90,23 @@ class QuartetConfig:
     min_features: int = 128
     seed: int | None = None
     weight_buffers: tuple[str, ...] = ()
+    kernel_preference: KernelPreference = KernelPreference.AUTO
     inner_backend: InnerBackend = "inductor"
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, str):
             raise TypeError(f"quartet option 'recipe' takes a recipe name, got {self.recipe!r}")
         object.__setattr__(self, "recipe", Recipe(self.recipe))
+        if not isinstance(self.kernel_preference, str):
+            raise TypeError(f"quartet option 'kernel_preference' takes a name, got {self.kernel_preference!r}")
+        object.__setattr__(self, "kernel_preference", KernelPreference(self.kernel_preference))
         object.__setattr__(self, "keep_bf16", _patterns("keep_bf16", self.keep_bf16))
         object.__setattr__(self, "weight_buffers", _patterns("weight_buffers", self.weight_buffers))
         _check_type("four_over_six", self.four_over_six, (bool, type(None)), "True, False or None")
         _check_type("keep_output_head", self.keep_output_head, (bool,), "True or False")
         _check_type("min_features", self.min_features, (int,), "a non-negative int")
         _check_type("seed", self.seed, (int, type(None)), "an int or None")
-        if self.four_over_six is not None and _RECIPES[self.recipe][0] not in (
+        if self.four_over_six is not None and _RECIPES[self.recipe].forward not in (
             ForwardQuant.RTN,
             ForwardQuant.FOUR_OVER_SIX,
         ):
@@ -135,12 +132,10 @@ class QuartetConfig:
         return cls(**options)
 
     @property
-    def forward_quant(self) -> ForwardQuant:
-        default = _RECIPES[self.recipe][0]
+    def numerics(self) -> Numerics:
+        """The recipe (with the ``four_over_six`` override) resolved into plain numerics."""
+        numerics = _RECIPES[self.recipe]
         if self.four_over_six is None:
-            return default
-        return ForwardQuant.FOUR_OVER_SIX if self.four_over_six else ForwardQuant.RTN
-
-    @property
-    def backward_quant(self) -> BackwardQuant:
-        return _RECIPES[self.recipe][1]
+            return numerics
+        forward = ForwardQuant.FOUR_OVER_SIX if self.four_over_six else ForwardQuant.RTN
+        return Numerics(forward, numerics.backward)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import itertools
 import types
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .compiler import QuartetBackend, log_decisions
 from .config import QuartetConfig
-from .dynamo_backend import QuartetBackend, log_decisions
 from .passes.linear_rewrite import MatmulDecision
 
-_COLUMNS = ("module", "op", "shapes", "decision", "reason", "recipe")
+_COLUMNS = ("module", "op", "shapes", "decision", "reason", "recipe", "runs on")
 _traces = itertools.count()
 
 
@@ -33,7 +34,14 @@ class ExplainReport:
 
     def __str__(self) -> str:
         cells = [
-            (r.module_path or "<root>", r.op, r.shapes, r.decision, r.reason, r.recipe if r.quantized else "-")
+            (
+                r.module_path or "<root>",
+                r.op,
+                r.shapes,
+                r.decision,
+                r.reason,
+                *((r.recipe, r.implementation) if r.quantized else ("-", "-")),
+            )
             for r in self.rows
         ]
         widths = [max(len(c) for c in col) for col in zip(_COLUMNS, *cells, strict=False)]
@@ -70,7 +78,7 @@ def explain(
     root = getattr(model, "_orig_mod", model)
     rows: list[MatmulDecision] = []
 
-    def capture(gm: torch.fx.GraphModule, inputs: list):
+    def capture(gm: torch.fx.GraphModule, inputs: list) -> Callable:
         rows.extend(quartet.rewrite(gm, inputs, root, apply=False))
         return gm.forward
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 import quartet_compile
-from quartet_compile.training import CausalLMLoss, ModelSpec
+from quartet_bench.models import CausalLMLoss, ModelSpec
 
 
 def _parallel(model: CausalLMLoss, mode: str, backend: quartet_compile.QuartetBackend) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from quartet_compile.reference import NVFP4Tensor
+from quartet_compile.nvfp4 import NVFP4Tensor
 
 
 def assert_same_fp4(kernel: NVFP4Tensor, ref: NVFP4Tensor) -> None:

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
 
 import torch
 from torch import nn
 
-from quartet_compile.config import QuartetConfig
-from quartet_compile.ops import op_arguments, quartet_linear_op
+from quartet_compile import QuartetConfig, swap_linears
 
 
-class ReferenceLinear(nn.Module):
-    """An ``nn.Linear`` that runs the quartet op eagerly (the reference implementation)."""
-
-    def __init__(self, linear: nn.Linear, config: QuartetConfig):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-        self.kwargs = op_arguments(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quartet_linear_op(x, self.weight, self.bias, **self.kwargs)
-
-
-def eager_reference(model: nn.Module, config: QuartetConfig, head: str = "lm_head") -> nn.Module:
-    """A copy of ``model`` whose linear layers are ReferenceLinear, except those in ``keep_bf16``
-    and the output head ``head`` (which the backend keeps by default)."""
+def eager_reference(model: nn.Module, config: QuartetConfig) -> nn.Module:
+    """A copy of ``model`` with the same linear layers quantized as the backend quantizes them,
+    run eagerly (:func:`quartet_compile.swap_linears`)."""
     model = copy.deepcopy(model)
-    keep = (*config.keep_bf16, head) if config.keep_output_head else config.keep_bf16
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            path = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, nn.Linear) and not any(fnmatch.fnmatchcase(path, p) for p in keep):
-                setattr(module, child_name, ReferenceLinear(child, config))
+    swap_linears(model, config)
     return model
 
 

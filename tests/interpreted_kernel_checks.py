@@ -13,7 +13,7 @@ import triton.language as tl
 from fp4_asserts import assert_same_fp4
 
 from quartet_compile.config import QuartetConfig
-from quartet_compile.kernels import linear
+from quartet_compile.kernels import layer
 from quartet_compile.kernels.dequantize import dequantize_unscaled
 from quartet_compile.kernels.ms_eden import ms_eden
 from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e2m1_sr, e4m3_rne, e4m3_sr
@@ -279,7 +279,7 @@ def nvidia_stage(generator: torch.Generator) -> None:
 
 
 def linear_routes(generator: torch.Generator) -> None:
-    """``kernels.linear`` on both GEMM routes, every quantized recipe: the quantizers write
+    """``kernels.layer`` on both GEMM routes, every quantized recipe: the quantizers write
     codes only for the native Blackwell GEMM and bf16 operands otherwise, and the two routes
     give the same layer. The GEMMs are CPU stand-ins with each route's arithmetic (the
     interpreter has no ``dot_scaled`` and CPU no ``mm`` into float32): float32 products of
@@ -296,7 +296,7 @@ def linear_routes(generator: torch.Generator) -> None:
         calls["native"] += 1
         return nvfp4_matmul(a, b, out_dtype, bias)
 
-    linear.unscaled_gemm, linear.dot_scaled_gemm = bf16_route, native_route
+    layer.unscaled_gemm, layer.dot_scaled_gemm = bf16_route, native_route
     # (K, recipe, native GEMMs per forward + backward, bf16 GEMMs in native mode)
     cases = [
         (256, "quartet2", 3, 0),
@@ -305,17 +305,16 @@ def linear_routes(generator: torch.Generator) -> None:
         (144, "quartet2", 2, 1),  # a forward reduction that is not a multiple of 128
     ]
     for k, recipe, native_calls, bf16_calls in cases:
-        config = QuartetConfig(recipe=recipe)
+        numerics = QuartetConfig(recipe=recipe).numerics
         x, w, grad = (_inputs(rows, cols, torch.bfloat16, generator) for rows, cols in ((128, k), (128, k), (128, 128)))
         bias = torch.randn(128, generator=generator).bfloat16()
         seed = int(torch.randint(0, 2**62, (), generator=generator))
         layers = {}
         for native in (False, True):
-            linear.native_gemm_available = lambda device, native=native: native
             calls.update(native=0, bf16=0)
-            y, saved = linear.linear_forward(x, w, bias, config)
-            dx, dw = linear.linear_backward(
-                grad, saved, config, dtypes=(torch.float32,) * 2, needs=(True, True), source=seed
+            y, saved = layer.forward(x, w, bias, numerics, native=native)
+            dx, dw = layer.backward(
+                grad, saved, numerics, dtypes=(torch.float32,) * 2, needs=(True, True), source=seed, native=native
             )
             expected = (native_calls, bf16_calls) if native else (0, native_calls + bf16_calls)
             assert (calls["native"], calls["bf16"]) == expected, (recipe, k, native, calls)

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from quartet_compile.bench.agreement import agreement, distance, seed_noise
+from quartet_bench.agreement import agreement, distance, seed_noise
 
 
 def _arm(seeds: range, shift: float, gen: torch.Generator, steps: int = 200) -> dict[int, list[float]]:

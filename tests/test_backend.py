@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import quartet_compile
+from quartet_bench.models import Llama, LlamaConfig
 from quartet_compile import QuartetConfig, Recipe, backend, explain
-from quartet_compile.models import Llama, LlamaConfig
-from quartet_compile.ops import quartet_linear_op
+from quartet_compile import linear as quartet_linear
 
 from .helpers import eager_reference, rel, token_batches, train
 
@@ -48,10 +48,10 @@ def tiny_llama(seed: int = 0, cls: type[Llama] = Llama) -> Llama:
 
 def test_entry_point_makes_the_string_backend_work():
     (ep,) = [ep for ep in entry_points(group="torch_dynamo_backends") if ep.name == "quartet"]
-    assert ep.value == "quartet_compile.dynamo_backend:quartet"
+    assert ep.value == "quartet_compile.compiler:quartet"
     from torch._dynamo.backends.registry import lookup_backend
 
-    assert lookup_backend("quartet") is quartet_compile.dynamo_backend.quartet
+    assert lookup_backend("quartet") is quartet_compile.compiler.quartet
     model = tiny_llama()
     tokens = token_batches(1)[0][:, :-1]
     out = torch.compile(model, backend="quartet", options={"inner_backend": "aot_eager"})(tokens)
@@ -296,7 +296,7 @@ def test_unaligned_shapes_are_padded_exactly_and_tiny_ones_kept():
         and "N padded 136->256" in rows["proj"].reason
     )
     assert not rows["tiny"].quantized and "min_features" in rows["tiny"].reason
-    ref = model.tiny(quartet_linear_op(x, model.proj.weight, model.proj.bias))
+    ref = model.tiny(quartet_linear(x, model.proj.weight, model.proj.bias))
     assert torch.equal(out, ref)
     out.sum().backward()
     assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
@@ -305,7 +305,7 @@ def test_unaligned_shapes_are_padded_exactly_and_tiny_ones_kept():
 def test_padding_is_exact_for_the_forward_product():
     torch.manual_seed(1)
     x, w, b = torch.randn(5, 40), torch.randn(24, 40), torch.randn(24)
-    y = quartet_linear_op(x, w, b, recipe="fp4-forward")
+    y = quartet_linear(x, w, b, config=QuartetConfig(recipe="fp4-forward"))
     xq = quartet_compile.reference.quantize_four_over_six(F.pad(x, (0, 8)))
     wq = quartet_compile.reference.quantize_four_over_six(F.pad(w, (0, 8)))
     exact = xq.dequantize(torch.float64) @ wq.dequantize(torch.float64).T + b.double()

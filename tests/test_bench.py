@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from quartet_compile import demo
-from quartet_compile.bench import cli, report
-from quartet_compile.data import ByteCorpus, bits_per_byte
-from quartet_compile.training import ModelSpec, RunResult, TrainSettings, parse_variants, train
+from quartet_bench import cli, demo, report
+from quartet_bench.data import ByteCorpus, bits_per_byte
+from quartet_bench.models import ModelSpec
+from quartet_bench.training import RunResult, TrainSettings, train
+from quartet_bench.variants import parse_variants
 
 SMALL = TrainSettings(batch=4, seq_len=64, steps=6, warmup_steps=2, eval_every=3, eval_batches=2)
 FAST = {"inner_backend": "aot_eager"}
@@ -189,7 +190,7 @@ def test_output_explains_its_columns_and_prints_the_total_time(corpus_dir, capsy
 
 
 def test_a_failing_variant_is_a_not_run_row_and_the_comparison_goes_on(corpus_dir, capsys, monkeypatch):
-    from quartet_compile import training
+    from quartet_bench import training
 
     real = training.backend_for
 
@@ -259,7 +260,7 @@ def test_torch_logs_switches_the_backend_log_on(tmp_path):
 
     script = (
         "import torch\n"
-        "from quartet_compile.models import Llama\n"
+        "from quartet_bench.models import Llama\n"
         "model = torch.compile(Llama(), backend='quartet', options={'inner_backend': 'eager'})\n"
         "model(torch.randint(0, 256, (2, 64)))\n"
     )
@@ -281,16 +282,16 @@ def test_demo_is_the_ab_training_job(corpus_dir, capsys):
 
 
 def test_compile_mode_reaches_the_backends(corpus, monkeypatch):
-    from quartet_compile import training
+    from quartet_bench import variants
 
     seen = []
 
-    class Spy(training.QuartetBackend):
+    class Spy(variants.QuartetBackend):
         def __call__(self, gm, example_inputs, mode=None):
             seen.append(mode)
             return super().__call__(gm, example_inputs, mode=mode)
 
-    monkeypatch.setattr(training, "QuartetBackend", Spy)
+    monkeypatch.setattr(variants, "QuartetBackend", Spy)
     settings = TrainSettings(batch=2, seq_len=32, steps=3, warmup_steps=1, eval_every=3, eval_batches=1,
                              compile_mode="reduce-overhead")  # fmt: skip
     (run,) = (
@@ -324,12 +325,8 @@ def test_cli_rejects_bad_seed_lists():
 
 
 def _bench_script(name: str):
-    """``bench/{name}.py``, a script rather than a module of the package."""
-    path = Path(__file__).parent.parent / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The study ``quartet_bench.studies.{name}``."""
+    return importlib.import_module(f"quartet_bench.studies.{name}")
 
 
 def test_accuracy_merges_runs_of_several_processes(tmp_path):

@@ -13,11 +13,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from quartet_compile import distributed
+from quartet_bench import parallel as distributed
 
 from .distributed_checks import same_numbers_as_one_process
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
+    pytest.mark.distributed,
+]
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2", "fsdp2-per-block"])
@@ -39,7 +42,7 @@ def test_bench_distributed_scaling_runs_on_cpu(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 2000)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "quartet_compile.bench", "--distributed", "--device", "cpu", "--max-ranks", "2",
+    command = [sys.executable, "-m", "quartet_bench", "--distributed", "--device", "cpu", "--max-ranks", "2",
                "--variants", "eager", "--steps", "3", "--batch", "2", "--seq-len", "32", "--data", str(text),
                "--out", str(out), "--name", "smoke"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

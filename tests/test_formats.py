@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from quartet_compile.nvfp4.format import E2M1_MAGNITUDES
 from quartet_compile.reference import (
     decode_e2m1,
     pack_e2m1,
@@ -15,7 +16,6 @@ from quartet_compile.reference import (
     stochastic_round_to_e4m3,
     unpack_e2m1,
 )
-from quartet_compile.reference.formats import E2M1_MAGNITUDES
 
 from .stats import UNBIASED_BOUND, mean_squared_z
 

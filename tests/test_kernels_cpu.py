@@ -17,11 +17,13 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from quartet_compile.kernels import blackwell, gemm, ms_eden, nvidia, quantize  # noqa: E402
+from quartet_compile.kernels.configs import config  # noqa: E402
 from quartet_compile.reference import nvfp4_matmul  # noqa: E402
 
 CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize(
     "check", ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage", "linear_routes"]
 )
@@ -36,6 +38,7 @@ def _interpret(check: str, *seed: str) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
+@pytest.mark.interpreter
 def test_division_check_draws_only_divisions_inside_the_fast_path_domain():
     """Seed 1685312294 once drew a zero divisor (``torch.rand`` can return exactly 0)."""
     _interpret("division", "1685312294")
@@ -71,7 +74,7 @@ def _split(config: dict) -> tuple[dict, dict]:
 
 
 def test_blackwell_gemm_compiles_to_native_nvfp4_mma():
-    constexprs, options = _split(blackwell.BLACKWELL_CONFIG)
+    constexprs, options = _split(config("blackwell_gemm"))
     signature = {**_GEMM_SIGNATURE, "a_scales_ptr": "*fp8e4nv", "b_scales_ptr": "*fp8e4nv"}
     compiled = _compile(blackwell.dot_scaled_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 100, **options)
     ptx = compiled.asm["ptx"]
@@ -95,17 +98,11 @@ def test_blackwell_gemm_compiles_to_native_nvfp4_mma():
     assert (descriptor >> 23) & 3 == 0, "the MMA would read the E4M3 scale bytes as UE8M0"
 
 
-def test_hopper_gemm_uses_wgmma_on_bf16():
-    constexprs, options = _split(gemm.DEQUANT_GEMM_CONFIG)
-    compiled = _compile(gemm._dequant_gemm_kernel, _GEMM_SIGNATURE, {"HAS_BIAS": True, **constexprs}, 90, **options)
-    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", compiled.asm["ptx"])
-
-
 @pytest.mark.parametrize("out", ["bf16", "fp32"])
 def test_hopper_tma_gemm_is_fed_by_tma_and_stores_through_it(out):
     """The shipped Hopper GEMM: TMA tile loads into wgmma, the scaled tile stored by TMA, with
     the shared-memory budget of its pipeline (one stage less for float32 outputs) fitting."""
-    constexprs, options = _split(gemm.TMA_GEMM_CONFIG)
+    constexprs, options = _split(config("tma_gemm"))
     bm, bn, bk = (constexprs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     if out == "fp32":
         options["num_stages"] -= 1
@@ -234,7 +231,7 @@ def test_nvidia_kernel_ptx_rounds_exactly(rotate):
         "STORE_CODES": True,
         "STORE_DEQ": True,
         "DEBUG": False,
-        **{k: v for k, v in nvidia.NVIDIA_CONFIG.items() if not k.startswith("num_")},
+        **{k: v for k, v in config("nvidia").items() if not k.startswith("num_")},
     }
     ptx = _assert_exact_rounding(nvidia._nvidia_kernel, signature, constexprs)
     assert bool(re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n16k16\.f32\.bf16\.bf16", ptx)) == rotate

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from quartet_compile.config import QuartetConfig
+from quartet_compile.nvfp4 import Saved
+from quartet_compile.ops import route
 from quartet_compile.reference import (
     nvfp4_matmul,
     quantize_four_over_six,
@@ -17,16 +19,20 @@ from quartet_compile.reference import (
     rht,
 )
 from quartet_compile.reference.hadamard import sylvester_pm1
-from quartet_compile.reference.linear import Saved
-from quartet_compile.reference.linear import linear_backward as reference_backward
-from quartet_compile.reference.linear import linear_forward as reference_forward
+from quartet_compile.reference.layer import backward as reference_backward
+from quartet_compile.reference.layer import forward as reference_forward
 
 from .fp4_asserts import assert_same_fp4
 from .stats import UNBIASED_BOUND, mean_squared_z, two_sample_squared_z
 
 pytestmark = pytest.mark.gpu
 
-QUARTET2, NVIDIA, FP4_FORWARD = (QuartetConfig(recipe=r) for r in ("quartet2", "nvidia", "fp4-forward"))
+QUARTET2, NVIDIA, FP4_FORWARD = (QuartetConfig(recipe=r).numerics for r in ("quartet2", "nvidia", "fp4-forward"))
+
+
+def _native() -> bool:
+    """Whether the layer tests take the native FP4 GEMM route, as the ops would on this GPU."""
+    return route(QUARTET2, torch.device("cuda")).native
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +127,6 @@ def test_ms_eden_quantization_stage_is_bit_identical(source):
 def test_ms_eden_kernel_product_is_unbiased_and_rtn_is_not():
     """Mean over draws of the kernel's MS-EDEN product estimate converges to ``a b^T``; the
     negative control (RTN, deterministic) does not."""
-    from quartet_compile.kernels.gemm import dequant_gemm
     from quartet_compile.kernels.ms_eden import ms_eden
     from quartet_compile.kernels.rotation import rotation_matrix
 
@@ -132,7 +137,7 @@ def test_ms_eden_kernel_product_is_unbiased_and_rtn_is_not():
         rotation = rotation_matrix(random_signs(128, None, torch.device("cuda")))
         seeds = torch.randint(0, 2**62, (2,), device="cuda")
         draws.append(
-            dequant_gemm(ms_eden(a, rotation, seeds[0]).fp4, ms_eden(b, rotation, seeds[1]).fp4, torch.float32)
+            nvfp4_matmul(ms_eden(a, rotation, seeds[0]).fp4, ms_eden(b, rotation, seeds[1]).fp4, torch.float32)
         )
     assert mean_squared_z(torch.stack(draws), exact) < UNBIASED_BOUND
     rtn = nvfp4_matmul(quantize_rtn(a), quantize_rtn(b), torch.float32)
@@ -159,17 +164,15 @@ def _poison_next_output(rows: int, cols: int, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize(
     "m,n,k", [(128, 128, 128), (300, 200, 256), (1000, 384, 1024), (64, 256, 16384), (8, 8, 4096), (4096, 2304, 256)]
 )
-@pytest.mark.parametrize("route", ["triton", "cublas", "tma"])
+@pytest.mark.parametrize("route", ["cublas", "tma"])
 def test_gemm_equals_float64_product(m, n, k, route):
-    from quartet_compile.kernels.gemm import cublas_gemm, dequant_gemm, tma_gemm
+    from quartet_compile.kernels.gemm import cublas_gemm, tma_gemm
 
     a, b, exact = _gemm_operands(m, n, k)
     bias = torch.randn(n, device="cuda")
 
     def run(out_dtype, bias=None):
         _poison_next_output(m, n, out_dtype)
-        if route == "triton":
-            return dequant_gemm(a.fp4, b.fp4, out_dtype, bias)
         gemm = cublas_gemm if route == "cublas" else tma_gemm
         return gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
 
@@ -227,7 +230,7 @@ def test_unscaled_gemm_sends_outputs_with_few_tiles_to_cublas(monkeypatch):
 def test_native_blackwell_gemm_equals_float64_product(m, n, k):
     """The ``tcgen05`` block-scaled GEMM that CI only compiles. Not yet run: no Blackwell GPU
     has been available. On one, this and the linear tests below (which then take the native
-    route, :func:`kernels.linear.operands`) are the check of the Blackwell path."""
+    route, :func:`kernels.layer.operands`) are the check of the Blackwell path."""
     from quartet_compile.kernels import blackwell
 
     if torch.cuda.get_device_capability()[0] != blackwell.NATIVE_MAJOR:
@@ -244,14 +247,14 @@ def test_native_blackwell_gemm_equals_float64_product(m, n, k):
 @pytest.mark.parametrize("config", [QUARTET2, NVIDIA], ids=["quartet2", "nvidia"])
 def test_kernel_linear_forward_matches_reference(config):
     """Bit-identical saved FP4 operands (``nvidia`` saves ``x`` itself and 16x16-tile weights)."""
-    from quartet_compile.kernels.linear import linear_forward
+    from quartet_compile.kernels.layer import forward as linear_forward
 
     x, w, bias = (
         _fresh(512, 384, torch.bfloat16, 1.0),
         _fresh(256, 384, torch.bfloat16, 1.0),
         torch.randn(256, device="cuda"),
     )
-    y, saved = linear_forward(x, w, bias.bfloat16(), config)
+    y, saved = linear_forward(x, w, bias.bfloat16(), config, native=_native())
     y_ref, saved_ref = reference_forward(x, w, bias.bfloat16(), config)
     if config is NVIDIA:
         assert saved.x is x and saved.xq is None
@@ -264,7 +267,7 @@ def test_kernel_linear_forward_matches_reference(config):
 def test_kernel_linear_backward_is_unbiased():
     """Mean over backward calls of the kernel dgrad/wgrad equals the exact gradient of the
     quantized forward: ``g deq(Wq)`` and ``g^T deq(xq)``."""
-    from quartet_compile.kernels.linear import linear_backward
+    from quartet_compile.kernels.layer import backward as linear_backward
     from quartet_compile.kernels.quantize import quantize
 
     xq = quantize(torch.randn(256, 128, device="cuda"), four_over_six=True).fp4
@@ -273,7 +276,7 @@ def test_kernel_linear_backward_is_unbiased():
     dxs, dws = [], []
     for _ in range(200):
         dx, dw = linear_backward(
-            g, Saved(xq=xq, wq=wq), QUARTET2, dtypes=(torch.float32,) * 2, needs=(True, True), source=None
+            g, Saved(xq=xq, wq=wq), QUARTET2, dtypes=(torch.float32,) * 2, source=None, native=_native()
         )
         dxs.append(dx)
         dws.append(dw)
@@ -282,7 +285,7 @@ def test_kernel_linear_backward_is_unbiased():
 
 
 def test_kernel_backward_is_reproducible_under_manual_seed_and_graph_capture():
-    from quartet_compile.kernels.linear import linear_backward
+    from quartet_compile.kernels.layer import backward as linear_backward
     from quartet_compile.kernels.quantize import quantize
 
     saved = Saved(
@@ -291,7 +294,7 @@ def test_kernel_backward_is_reproducible_under_manual_seed_and_graph_capture():
     g = torch.randn(256, 128, device="cuda")
 
     def step():
-        return linear_backward(g, saved, QUARTET2, dtypes=(torch.bfloat16,) * 2, needs=(True, True), source=None)
+        return linear_backward(g, saved, QUARTET2, dtypes=(torch.bfloat16,) * 2, source=None, native=_native())
 
     torch.manual_seed(1)
     first = step()
@@ -376,7 +379,7 @@ def test_kernel_nvidia_backward_has_the_reference_distribution():
     """The kernels' nvidia backward draws from the same distribution as the reference's: dgrad
     is unbiased for ``g deq(Wq)``; wgrad (biased by design: RTN of the rotated activation) has
     the reference's expectation. Negative control: the quartet2 backward's wgrad does not."""
-    from quartet_compile.kernels.linear import linear_backward
+    from quartet_compile.kernels.layer import backward as linear_backward
     from quartet_compile.kernels.quantize import quantize
 
     x = torch.randn(256, 128, device="cuda").bfloat16()
@@ -384,7 +387,7 @@ def test_kernel_nvidia_backward_has_the_reference_distribution():
     g = torch.randn(256, 128, device="cuda").bfloat16()
     saved = Saved(x=x, wq=wq)
     options = {"dtypes": (torch.float32,) * 2, "needs": (True, True), "source": None}
-    kernel = [linear_backward(g, saved, NVIDIA, **options) for _ in range(300)]
+    kernel = [linear_backward(g, saved, NVIDIA, native=_native(), **options) for _ in range(300)]
     reference = [reference_backward(g, saved, NVIDIA, **options) for _ in range(300)]
     dxs = torch.stack([dx for dx, _ in kernel])
     assert mean_squared_z(dxs, g.double() @ wq.dequantize(torch.float64)) < UNBIASED_BOUND
@@ -398,8 +401,8 @@ def test_kernel_nvidia_backward_has_the_reference_distribution():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_kernel_fp4_forward_backward_is_the_dequantized_product(dtype):
     """fp4-forward: the two high-precision GEMMs on the dequantized saved operands, within
-    float32 accumulation of the float64 product (a float32 gradient runs the reference)."""
-    from quartet_compile.kernels.linear import linear_backward
+    float32 accumulation of the float64 product (a float32 gradient takes float32 GEMMs)."""
+    from quartet_compile.kernels.layer import backward as linear_backward
     from quartet_compile.kernels.quantize import quantize
 
     xq = quantize(_fresh(384, 256, torch.float32, 1.0), four_over_six=True).fp4

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quartet_compile import Recipe, backend
-from quartet_compile.ops import quartet_linear_op
+from quartet_compile import QuartetConfig, Recipe, backend
+from quartet_compile import linear as quartet_linear
 
 RECIPES = [r.value for r in Recipe]
 
@@ -33,12 +33,13 @@ def _layouts(t: int, k: int, n: int, seed: int) -> dict[str, tuple[torch.Tensor,
 def test_real_outputs_match_the_fake_implementation(recipe, layout):
     x, w = _layouts(256, 128, 384, seed=torch.randint(0, 2**31, ()).item())[layout]
     bias = torch.randn(384)
-    torch.library.opcheck(torch.ops.quartet.linear.default, (x, w, bias, recipe, -1, -1))
-    outputs = torch.ops.quartet.linear(x, w, bias, recipe, -1, -1)
+    numerics = QuartetConfig(recipe=recipe).numerics
+    selection = (numerics.encode(), "reference", -1)
+    torch.library.opcheck(torch.ops.quartet.linear.default, (x, w, bias, *selection))
+    outputs = torch.ops.quartet.linear(x, w, bias, *selection)
     grad = torch.randn(256, 384).T.contiguous().T  # a column-major gradient
     saved = outputs[1:]
-    keep_x = recipe in ("bf16", "nvidia")
-    args = (grad, x if keep_x else None, w if recipe == "bf16" else None, *saved, recipe, -1, -1)
+    args = (grad, x if numerics.saves_x else None, w if numerics.saves_weight else None, *saved, *selection)
     # (the schema check's mutation test cannot compare float8 inputs on CPU)
     torch.library.opcheck(
         torch.ops.quartet.linear_backward.default,
@@ -80,7 +81,7 @@ def test_weights_stored_k_by_n_train_through_inductor(module):
     y.square().mean().backward()
     torch.manual_seed(1)
     bias = getattr(model, "bias", None)
-    y_ref = quartet_linear_op(x, model.weight.t(), bias)
+    y_ref = quartet_linear(x, model.weight.t(), bias)
     y_ref.square().mean().backward()
     assert torch.equal(y, y_ref)
     compiled_grad = dict(compiled.named_parameters())["_orig_mod.weight"].grad
@@ -108,7 +109,7 @@ def test_an_empty_batch_through_the_op_directly():
     x = torch.randn(0, 128, requires_grad=True)
     w = torch.randn(256, 128, requires_grad=True)
     b = torch.randn(256, requires_grad=True)
-    y = quartet_linear_op(x, w, b)
+    y = quartet_linear(x, w, b)
     F.linear(x.detach(), w.detach(), b.detach())  # the shape eager gives
     assert y.shape == (0, 256)
     y.sum().backward()

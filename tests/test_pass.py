@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quartet_bench.models import Llama, LlamaConfig
 from quartet_compile import QuartetConfig, backend, explain
-from quartet_compile.models import Llama, LlamaConfig
-from quartet_compile.ops import quartet_linear_op
+from quartet_compile import linear as quartet_linear
 
 from .helpers import rel, token_batches
 
@@ -55,8 +55,7 @@ def test_products_of_two_activations_stay_in_high_precision():
     assert len(similarity) == 1 and not similarity[0].quantized
     assert "activations" in similarity[0].reason
     exact = (
-        quartet_linear_op(a, model.query.weight, model.query.bias)
-        @ quartet_linear_op(b, model.doc.weight, model.doc.bias).T
+        quartet_linear(a, model.query.weight, model.query.bias) @ quartet_linear(b, model.doc.weight, model.doc.bias).T
     )
     assert rel(out, exact) < 1e-6
 
@@ -191,8 +190,8 @@ def test_einsum_projections_are_linear_layers():
     assert [r.quantized for r in report.rows] == [True, True, False]
     assert "output is not" in report.rows[2].reason
     a, b, c = torch.compile(model, backend=backend(inner_backend="aot_eager"))(x)
-    assert torch.equal(a, quartet_linear_op(x, model.w_nk))
-    assert torch.equal(b, quartet_linear_op(x, model.w_kn.t()))
+    assert torch.equal(a, quartet_linear(x, model.w_nk))
+    assert torch.equal(b, quartet_linear(x, model.w_kn.t()))
     assert rel(c, torch.einsum("bsk,nk->bns", x, model.w_nk)) < 1e-6
 
 

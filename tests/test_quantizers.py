@@ -6,7 +6,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quartet_compile.reference import (
-    NVFP4Tensor,
     decode_e2m1,
     hadamard_matrix,
     nvfp4_matmul,
@@ -195,7 +194,7 @@ def test_rtn_2d_shares_one_scale_per_tile():
 
 def test_leading_dimensions_are_flattened_and_restored():
     x = fresh(2, 3, 64, seed=8, dtype=torch.bfloat16)
-    q = NVFP4Tensor.quantize(x, four_over_six=True)
+    q = quantize_four_over_six(x)
     assert q.codes.shape == (6, 32)
     assert q.dequantize().shape == x.shape and q.dequantize().dtype == torch.bfloat16
 

@@ -1,7 +1,7 @@
 """Native NVFP4 GEMM for sm_100+ (Blackwell): ``tl.dot_scaled`` with e2m1 operands and
 E4M3 scales per 16 elements, which Triton lowers to ``tcgen05.mma ... kind::mxf4nvf4.block_scale``.
 
-Operand layout is exactly :class:`~quartet_compile.reference.NVFP4Tensor`'s: packed codes
+Operand layout is exactly :class:`~quartet_compile.nvfp4.NVFP4Tensor`'s: packed codes
 ``[rows, K/2]`` (element 2i in the low nibble, "first element in lower bits" in
 ``tl.dot_scaled``'s contract) and scales ``[rows, K/16]`` row-major, which ``dot_scaled``
 takes untransposed for both operands (``lhs_scale [M, K/16]``, ``rhs_scale [N, K/16]``); the
@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference.nvfp4 import NVFP4Tensor
+from ..nvfp4.format import E4M3_MAX, NVFP4Tensor
+from .configs import config
 from .gemm import scaled_store
 from .launch import cdiv, launch
 
@@ -65,14 +66,11 @@ def dot_scaled_gemm_kernel(
     scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_cm, HAS_BIAS)
 
 
-BLACKWELL_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}
-
-
 def dot_scaled_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
-    """Native NVFP4 GEMM (sm_100+ only); ``K`` a multiple of 128."""
+    """Native NVFP4 GEMM (sm_100+ only); ``K`` a multiple of :data:`NATIVE_K_MULTIPLE`."""
     m, k = a.codes.shape[0], 2 * a.codes.shape[1]
     n = b.codes.shape[0]
-    cfg = BLACKWELL_CONFIG
+    cfg = config("blackwell_gemm", a.codes.device)
     c = torch.empty(m, n, dtype=out_dtype, device=a.codes.device)
     grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(n, cfg["BLOCK_N"]))
     launch(
@@ -101,7 +99,7 @@ NATIVE_MAJOR = 10
 Blackwell (sm_100, sm_103), whose ``tcgen05`` MMA takes E4M3 scales per 16. Other majors
 (sm_120 included) keep the bf16-operand route."""
 
-NATIVE_K_MULTIPLE = BLACKWELL_CONFIG["BLOCK_K"]
+NATIVE_K_MULTIPLE = config("blackwell_gemm")["BLOCK_K"]
 """The kernel's K loop has no tail: reductions of other lengths take the bf16-operand route."""
 
 _available: dict[int, bool] = {}
@@ -111,17 +109,25 @@ def check_native_gemm(device: torch.device, gemm: Callable[..., Tensor] = dot_sc
     """Why ``gemm`` disagrees with the float64 product of the dequantized operands on
     ``device`` (or raised), ``None`` if it agrees within 1e-5 relative: the first-use check of
     the native kernel, since CI can only compile it. The operands have row tails in both M
-    and N, two K steps, block scales over four decades and a bias."""
+    and N, two K steps, every E2M1 code, block scales over four decades and a bias."""
     generator = torch.Generator(device=device).manual_seed(0)
+    k = 2 * NATIVE_K_MULTIPLE
 
     def operand(rows: int) -> NVFP4Tensor:
-        spread = torch.logspace(-2, 2, 2 * NATIVE_K_MULTIPLE, device=device)
-        x = torch.randn(rows, 2 * NATIVE_K_MULTIPLE, generator=generator, device=device) * spread
-        return NVFP4Tensor.quantize(x)
+        """Every E2M1 code, and finite E4M3 scales over four decades."""
+        codes = torch.randint(0, 256, (rows, k // 2), generator=generator, device=device, dtype=torch.uint8)
+        scales = torch.logspace(-2, 2, rows * k // 16, device=device)[
+            torch.randperm(rows * k // 16, generator=generator, device=device)
+        ].clamp(max=E4M3_MAX)
+        tensor_scale = torch.rand((), generator=generator, device=device) + 0.5
+        scales = scales.to(torch.float8_e4m3fn).view(rows, k // 16)
+        return NVFP4Tensor(codes, scales, tensor_scale, torch.Size((rows, k)), torch.float32)
 
     a, b = operand(200), operand(136)
-    bias = torch.randn(136, generator=generator, device=device)
-    exact = a.dequantize(torch.float64) @ b.dequantize(torch.float64).T + bias.double()
+    product = a.dequantize(torch.float64) @ b.dequantize(torch.float64).T
+    # A bias of the product's own size, so that dropping it fails the check.
+    bias = (torch.randn(136, generator=generator, device=device) * product.abs().mean()).float()
+    exact = product + bias.double()
     try:
         out = gemm(a, b, torch.float32, bias).double()
     except Exception as error:  # a compiler or launch failure is a failed check, not a crash

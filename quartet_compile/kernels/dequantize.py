@@ -13,11 +13,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference.nvfp4 import BLOCK, NVFP4Tensor
+from ..nvfp4.format import BLOCK, NVFP4Tensor
+from .configs import config
 from .launch import cdiv, launch
 from .nvfp4_math import e2m1_value, e4m3_value
-
-DEQUANTIZE_CONFIG = {"BLOCK_R": 64, "BLOCK_C": 128, "num_warps": 4}
 
 
 @triton.jit
@@ -58,7 +57,8 @@ def dequantize_unscaled(q: NVFP4Tensor, *, transpose: bool = False, dtype: torch
         raise ValueError(f"NVFP4 rows hold whole 16-blocks, got {cols} columns")
     out = torch.empty((cols, rows) if transpose else (rows, cols), dtype=dtype, device=q.codes.device)
     if out.numel():
-        grid = (cdiv(rows, DEQUANTIZE_CONFIG["BLOCK_R"]), cdiv(cols, DEQUANTIZE_CONFIG["BLOCK_C"]))
+        cfg = config("dequantize", q.codes.device)
+        grid = (cdiv(rows, cfg["BLOCK_R"]), cdiv(cols, cfg["BLOCK_C"]))
         launch(
             _dequantize_kernel,
             grid,
@@ -68,6 +68,6 @@ def dequantize_unscaled(q: NVFP4Tensor, *, transpose: bool = False, dtype: torch
             rows,
             cols,
             TRANSPOSE=transpose,
-            **DEQUANTIZE_CONFIG,
+            **cfg,
         )
     return out

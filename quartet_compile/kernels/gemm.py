@@ -1,19 +1,12 @@
-"""NVFP4 GEMM ``C = deq(A) deq(B)^T * (s_A s_B) [+ bias]`` with float32 accumulation.
+"""NVFP4 GEMM ``C = deq(A) deq(B)^T * (s_A s_B) [+ bias]`` with float32 accumulation, from the
+exact unscaled operands ``e2m1 * s_b`` that the quantize kernels write in bf16 (``e2m1 * s_b``
+is exact in bf16), with the tensor scales, bias and cast in the epilogue.
 
-Four implementations of one product:
+* :func:`tma_gemm` (sm_90+): a persistent Triton GEMM fed by TMA into wgmma, the epilogue fused;
+* :func:`cublas_gemm` (any CUDA GPU): cuBLAS writes float32 and one epilogue pass follows;
+* :func:`unscaled_gemm` picks between them; :mod:`.blackwell` multiplies packed FP4 natively.
 
-* :func:`_dequant_gemm_kernel` (Hopper, any CUDA GPU): dequantizes packed nibbles and E4M3
-  scales to bf16 in registers (``e2m1 * s_b`` is exact in bf16) and feeds bf16 ``tl.dot``
-  (wgmma). K-permutation: the low nibbles of A and B form one half-K product and the high
-  nibbles the other, so no nibble interleaving is needed; both halves use scale ``j // 8``.
-* the unscaled-operand routes: the quantize kernels also write the exact unscaled bf16
-  operands ``e2m1 * s_b``, and a bf16 GEMM multiplies them. :func:`tma_gemm` (sm_90+) is a
-  persistent Triton GEMM fed by TMA with ``s_A s_B``, bias and cast fused into its epilogue;
-  :func:`cublas_gemm` (any CUDA GPU) lets cuBLAS write float32 and applies them in a second
-  pass. :func:`unscaled_gemm` picks between them.
-* :mod:`.blackwell`: native ``tcgen05.mma ... kind::mxf4nvf4.block_scale`` on sm_100.
-
-All four equal the float64 product of the dequantized operands up to float32 accumulation.
+All equal the float64 product of the dequantized operands up to float32 accumulation.
 """
 
 from __future__ import annotations
@@ -26,25 +19,8 @@ import triton.language as tl
 from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ..reference.nvfp4 import NVFP4Tensor
+from .configs import config
 from .launch import cdiv, launch
-
-
-@triton.jit
-def _e2m1_bf16(nibble):
-    """E2M1 code -> exact bf16 by building its bit pattern (no subnormal arithmetic)."""
-    n = nibble.to(tl.int32)
-    magnitude = n & 7
-    bits = tl.where(magnitude >= 2, (magnitude + 252) << 6, magnitude * 0x3F00) | ((n & 8) << 12)
-    return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _dequant_half_k(packed, scales, BLOCK_K: tl.constexpr):
-    """``[R, BLOCK_K/2]`` bytes + ``[R, BLOCK_K/16]`` E4M3 bytes -> (low, high) bf16 halves."""
-    s = scales.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
-    s = tl.reshape(tl.broadcast_to(s[:, :, None], (s.shape[0], BLOCK_K // 16, 8)), (s.shape[0], BLOCK_K // 2))
-    return _e2m1_bf16(packed & 15) * s, _e2m1_bf16(packed >> 4) * s
 
 
 @triton.jit
@@ -72,50 +48,6 @@ def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
     first_m = (tile // width) * GROUP_M
     size_m = min(grid_m - first_m, GROUP_M)
     return first_m + (tile % size_m), (tile % width) // size_m
-
-
-@triton.jit
-def _dequant_gemm_kernel(
-    a_ptr,
-    a_scales_ptr,
-    b_ptr,
-    b_scales_ptr,
-    scale_a_ptr,
-    scale_b_ptr,
-    bias_ptr,
-    c_ptr,
-    M,
-    N,
-    K,
-    stride_cm,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-):
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_load = tl.where(m < M, m, 0).to(tl.int64)
-    n_load = tl.where(n < N, n, 0).to(tl.int64)
-    kb = tl.arange(0, BLOCK_K // 2)
-    ks = tl.arange(0, BLOCK_K // 16)
-    a_rows = a_ptr + m_load[:, None] * (K // 2) + kb[None, :]
-    b_rows = b_ptr + n_load[:, None] * (K // 2) + kb[None, :]
-    sa_rows = a_scales_ptr + m_load[:, None] * (K // 16) + ks[None, :]
-    sb_rows = b_scales_ptr + n_load[:, None] * (K // 16) + ks[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(0, K // BLOCK_K):
-        a_lo, a_hi = _dequant_half_k(tl.load(a_rows), tl.load(sa_rows), BLOCK_K)
-        b_lo, b_hi = _dequant_half_k(tl.load(b_rows), tl.load(sb_rows), BLOCK_K)
-        acc = tl.dot(a_lo, tl.trans(b_lo), acc)
-        acc = tl.dot(a_hi, tl.trans(b_hi), acc)
-        a_rows += BLOCK_K // 2
-        b_rows += BLOCK_K // 2
-        sa_rows += BLOCK_K // 16
-        sb_rows += BLOCK_K // 16
-    scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_cm, HAS_BIAS)
 
 
 @triton.jit
@@ -176,49 +108,8 @@ def _scale_epilogue_kernel(
     scaled_store(acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, N, HAS_BIAS)
 
 
-DEQUANT_GEMM_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
-"""Tile of the Hopper dequantizing GEMM (chosen with ``bench/kernels.py``)."""
-
-_K_MULTIPLE = DEQUANT_GEMM_CONFIG["BLOCK_K"]
-
-TMA_GEMM_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
-"""Tile of :func:`tma_gemm` (``bench/kernels.py --tune``); float32 outputs take one stage
-less, as their epilogue staging needs twice the shared memory."""
-
-
 def _output(rows: int, cols: int, like: Tensor, out_dtype: torch.dtype) -> Tensor:
     return torch.empty(rows, cols, dtype=out_dtype, device=like.device)
-
-
-def dequant_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
-    """The in-kernel-dequantizing Triton GEMM; ``K`` must be a multiple of 128."""
-    (m, k), (n, _) = (a.codes.shape[0], 2 * a.codes.shape[1]), b.codes.shape
-    if k % _K_MULTIPLE or 2 * b.codes.shape[1] != k:
-        raise ValueError(
-            f"dequant_gemm needs equal K divisible by {_K_MULTIPLE}, got {tuple(a.shape)} x {tuple(b.shape)}"
-        )
-    c = _output(m, n, a.codes, out_dtype)
-    cfg = DEQUANT_GEMM_CONFIG
-    grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),)
-    launch(
-        _dequant_gemm_kernel,
-        grid,
-        a.codes,
-        a.scales.view(torch.uint8),
-        b.codes,
-        b.scales.view(torch.uint8),
-        a.tensor_scale,
-        b.tensor_scale,
-        bias,
-        c,
-        m,
-        n,
-        k,
-        c.stride(0),
-        HAS_BIAS=bias is not None,
-        **cfg,
-    )
-    return c
 
 
 @functools.cache
@@ -238,7 +129,7 @@ def tma_gemm(
     """Triton bf16 GEMM of the exact unscaled operands with the scale, bias and cast fused
     into its epilogue (sm_90+; operands and output must meet TMA's 16-byte alignment, see
     :func:`tma_compatible`)."""
-    cfg = dict(TMA_GEMM_CONFIG)
+    cfg = config("tma_gemm", a_unscaled.device)
     (m, k), n = a_unscaled.shape, b_unscaled.shape[0]
     c = _output(m, n, a_unscaled, out_dtype)
     if c.element_size() > 2:
@@ -291,16 +182,16 @@ def tma_compatible(a_unscaled: Tensor, b_unscaled: Tensor, out_dtype: torch.dtyp
 
 TMA_MIN_WAVE = 0.75
 """Fewest output tiles, as a fraction of the SM count, for which :func:`tma_gemm` beats
-:func:`cublas_gemm`. The TMA GEMM gives each program whole tiles and never splits K, so a
-weight gradient such as ``[512, T] x [T, 512]`` runs 8 tiles on 132 SMs, where cuBLAS
-splits K (``bench/results/gemm-routes.md``: 2.6-8x faster at 4-24 tiles, 1.5x at 78; the TMA
-GEMM 6% faster at 128)."""
+:func:`cublas_gemm` (measured; see docs/kernels.md). The TMA GEMM gives each program whole
+tiles and never splits K, so a weight gradient such as ``[512, T] x [T, 512]`` runs 8 tiles on
+132 SMs, where cuBLAS splits K."""
 
 
 def fills_device(m: int, n: int, device: torch.device) -> bool:
-    """Whether an ``[m, n]`` output has enough :data:`TMA_GEMM_CONFIG` tiles for
-    :func:`tma_gemm` to keep every SM busy without splitting K."""
-    tiles = cdiv(m, TMA_GEMM_CONFIG["BLOCK_M"]) * cdiv(n, TMA_GEMM_CONFIG["BLOCK_N"])
+    """Whether an ``[m, n]`` output has enough :func:`tma_gemm` tiles to keep every SM busy
+    without splitting K."""
+    cfg = config("tma_gemm", device)
+    tiles = cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"])
     return tiles >= TMA_MIN_WAVE * _multiprocessors(device)
 
 
@@ -313,9 +204,8 @@ def unscaled_gemm(
     bias: Tensor | None = None,
 ) -> Tensor:
     """``(A_u B_u^T) s_A s_B [+ bias]``: :func:`tma_gemm` where TMA can run and the output
-    fills the device (94-103% of cuBLAS bf16's TFLOP/s on the H100,
-    ``bench/results/kernels.md``), else :func:`cublas_gemm` (71-92% there, its float32
-    output and second pass cost most at small K; faster on few output tiles)."""
+    fills the device, else :func:`cublas_gemm` (whose float32 output and second pass cost most
+    at small K, and which is faster on few output tiles)."""
     tma = tma_compatible(a_unscaled, b_unscaled, out_dtype) and fills_device(
         a_unscaled.shape[0], b_unscaled.shape[0], a_unscaled.device
     )
@@ -331,11 +221,16 @@ def cublas_gemm(
     out_dtype: torch.dtype,
     bias: Tensor | None = None,
 ) -> Tensor:
-    """cuBLAS bf16 GEMM of the exact unscaled operands into float32, then one epilogue pass."""
-    acc = torch.mm(a_unscaled, b_unscaled.T, out_dtype=torch.float32)
+    """cuBLAS GEMM of the exact unscaled operands into float32 (bf16 or fp16 operands, or float32
+    ones, which cuBLAS multiplies in full float32 unless TF32 is allowed), then one epilogue pass."""
+    if a_unscaled.dtype == torch.float32:
+        acc = torch.mm(a_unscaled, b_unscaled.T)
+    else:
+        acc = torch.mm(a_unscaled, b_unscaled.T, out_dtype=torch.float32)
     m, n = acc.shape
     c = _output(m, n, acc, out_dtype)
-    grid = (cdiv(m, 64), cdiv(n, 128))
+    cfg = config("scale_epilogue", acc.device)
+    grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(n, cfg["BLOCK_N"]))
     launch(
         _scale_epilogue_kernel,
         grid,
@@ -347,8 +242,6 @@ def cublas_gemm(
         m,
         n,
         HAS_BIAS=bias is not None,
-        BLOCK_M=64,
-        BLOCK_N=128,
-        num_warps=8,
+        **cfg,
     )
     return c

@@ -1,16 +1,14 @@
 """Kernel launches that skip most of ``JITFunction.__getitem__``'s per-call host work.
 
-A quantized linear launches 16 Triton kernels per forward+backward, and each launch through
-``kernel[grid](...)`` re-derives the kernel's specialization from every argument, hashes it and
-checks the kernel's globals. That host time bounded the 1B training step
-(``bench/results/before-host-launcher/speed-1b.md``). :func:`launch` does that work once per
-*call signature* (kernel, device, argument dtypes, 16-byte alignment of every pointer, exact
-integer values and options), keeps the compiled kernel Triton returned for it, and later hands the
-arguments straight to that kernel's launcher (``bench/results/host-overhead.md``: a layer's
-backward 672 -> 458 us of host time). The signature is at least as fine as Triton's
-specialization (which depends on dtypes, 16-byte pointer divisibility and integer values), so a
-cached kernel is the one ``kernel[grid]`` would pick. Interpreted kernels (``TRITON_INTERPRET=1``)
-and registered launch hooks (profilers) take the ordinary path.
+Every launch through ``kernel[grid](...)`` re-derives the kernel's specialization from every
+argument, hashes it and checks the kernel's globals, which a quantized layer pays for each of its
+launches. :func:`launch` does that work once per *call signature* (kernel, device, argument
+dtypes, 16-byte alignment of every pointer, exact integer values and options), keeps the compiled
+kernel Triton returned for it, and later hands the arguments straight to that kernel's launcher.
+The signature is at least as fine as Triton's specialization (which depends on dtypes, 16-byte
+pointer divisibility and integer values), so a cached kernel is the one ``kernel[grid]`` would
+pick. Interpreted kernels (``TRITON_INTERPRET=1``) and registered launch hooks (profilers) take
+the ordinary path.
 """
 
 from __future__ import annotations
@@ -35,8 +33,8 @@ per kernel and distinct shape, alignment and options: about 16 per distinct laye
 
 
 def cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for grid sizes: ``triton.cdiv`` is a constexpr function whose call from
-    Python costs about 8 us (Triton 3.6 and 3.9, measured on the CPU machine)."""
+    """``ceil(a / b)`` for grid sizes: ``triton.cdiv`` is a constexpr function, whose call from
+    Python costs several microseconds."""
     return -(a // -b)
 
 

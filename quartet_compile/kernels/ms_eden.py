@@ -7,7 +7,7 @@ and transposed in registers (the re-quantization of SPEC 4, with no bf16 round t
 through memory).
 
 The rotation is one tensor-core product per 128-column group (:mod:`.rotation`); everything
-after it is bit-for-bit ``reference.quantize_ms_eden_rotated``
+after it is bit-for-bit the reference's ``quantize_ms_eden_rotated``
 given the same rotated tensor and the same uniforms (tested with ``debug`` outputs).
 
 The tensor scale needs the amax of the *rotated* tensor, so the kernel runs twice: an amax
@@ -23,10 +23,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference.formats import E2M1_MAX
-from ..reference.nvfp4 import BLOCK, NVFP4Tensor
-from ..reference.quantizers import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
-from .launch import cdiv, launch
+from ..nvfp4.format import BLOCK, E2M1_MAX, NVFP4Tensor
+from ..nvfp4.numerics import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
+from .configs import config
+from .launch import cdiv
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
@@ -40,13 +40,10 @@ from .nvfp4_math import (
     store_half_blocks,
     tree_sum8,
 )
-from .quantize import EXACT, Outputs, Quantized
+from .quantize import Outputs, Quantized, two_passes
 from .rotation import SPLITS, dot_split
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
-MS_EDEN_CONFIG = {"BLOCK_R": 64, "num_warps": 4, "maxnreg": 168}
-"""Rows per program (each program owns one 128-column group), warps, and a register cap that
-fits three programs per SM instead of two (``bench/kernels.py --tune``)."""
 
 
 @triton.jit
@@ -264,46 +261,39 @@ def ms_eden(
     if cols % EDEN_GROUP or rows % BLOCK:
         raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
     out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
-    rotated = uniforms = None
-    if debug is not None:
-        rotated = debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
-        uniforms = debug["uniforms"] = torch.empty(rows, cols // BLOCK, dtype=torch.float32, device=device)
+    rotated, uniforms = out.debug_buffers(debug, cols // BLOCK)
     if stats is None:
         stats = torch.zeros(2, dtype=torch.float32, device=device)
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
-    grid = (cdiv(rows, MS_EDEN_CONFIG["BLOCK_R"]), cols // EDEN_GROUP)
-    src_scales = operand.scales.view(torch.uint8) if packed else None
-    src_tensor_scale = operand.tensor_scale if packed else None
-    for amax_pass in (True, False):
-        launch(
-            _ms_eden_kernel,
-            grid,
-            src,
-            src_scales,
-            src_tensor_scale,
-            rotation,
-            *rotation.stride(),
-            rows,
-            cols,
-            *strides,
-            stats,
-            seed,
-            out.codes,
-            out.scales,
-            out.unscaled_bf16,
-            out.tensor_scale,
-            rotated,
-            uniforms,
-            value_max,
-            value_max * MS_EDEN_SCALE_MAX,
-            AMAX_PASS=amax_pass,
-            PACKED=packed,
-            SPLITS=splits,
-            EMULATED=device.type != "cuda",
-            STORE_CODES=codes,
-            STORE_DEQ=unscaled_bf16,
-            DEBUG=debug is not None,
-            **MS_EDEN_CONFIG,
-            **EXACT,
-        )
+    cfg = config("ms_eden", device)
+    args = (
+        src,
+        operand.scales.view(torch.uint8) if packed else None,
+        operand.tensor_scale if packed else None,
+        rotation,
+        *rotation.stride(),
+        rows,
+        cols,
+        *strides,
+        stats,
+        seed,
+        out.codes,
+        out.scales,
+        out.unscaled_bf16,
+        out.tensor_scale,
+        rotated,
+        uniforms,
+        value_max,
+        value_max * MS_EDEN_SCALE_MAX,
+    )
+    constexprs = {
+        "PACKED": packed,
+        "SPLITS": splits,
+        "EMULATED": device.type != "cuda",
+        "STORE_CODES": codes,
+        "STORE_DEQ": unscaled_bf16,
+        "DEBUG": debug is not None,
+        **cfg,
+    }
+    two_passes(_ms_eden_kernel, (cdiv(rows, cfg["BLOCK_R"]), cols // EDEN_GROUP), args, constexprs)
     return out.result(torch.Size((rows, cols)), torch.float32)

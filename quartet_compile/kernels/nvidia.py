@@ -1,7 +1,7 @@
 """Backward quantizers of the ``nvidia`` recipe (SPEC 5): E2M1 stochastic rounding of the
-gradient with RTN E4M3 scales (``reference.quantize_sr``), and for the weight gradient a
+gradient with RTN E4M3 scales (the reference's ``quantize_sr``), and for the weight gradient a
 16-point random Hadamard transform along the tokens first, of the gradient (then SR) and of
-the saved activation (then RTN, ``reference.quantize_rtn``).
+the saved activation (then RTN, ``quantize_rtn``).
 
 Like :mod:`.ms_eden`, the operand is read with arbitrary strides (``g^T`` and ``x^T`` are
 strided reads, never materialised transposes), and the tensor scale needs the amax of the
@@ -21,11 +21,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference.formats import E2M1_MAX, E4M3_MAX
-from ..reference.linear import NVIDIA_RHT_SIZE
-from ..reference.nvfp4 import BLOCK
-from ..reference.quantizers import SR_SCALE_OVERRIDE
-from .launch import cdiv, launch
+from ..nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX
+from ..nvfp4.numerics import NVIDIA_RHT_SIZE, SR_SCALE_OVERRIDE
+from .configs import config
+from .launch import cdiv
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
@@ -37,12 +36,8 @@ from .nvfp4_math import (
     round_half_block,
     store_half_blocks,
 )
-from .quantize import EXACT, Outputs, Quantized
+from .quantize import Outputs, Quantized, two_passes
 from .rotation import SPLITS, dot_split
-
-NVIDIA_CONFIG = {"BLOCK_R": 32, "BLOCK_C": 128, "num_warps": 4}
-"""Rows and columns per program; a rotated tile is one ``[BLOCK_R * BLOCK_C / 16, 16] x [16, 16]``
-tensor-core product."""
 
 
 @triton.jit
@@ -218,48 +213,41 @@ def nvidia_quantize(
     device = src.device
     stochastic = seed is not None
     out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
-    rotated = uniforms = None
-    if debug is not None:
-        rotated = debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
-        if stochastic:
-            uniforms = debug["uniforms"] = torch.empty(rows, cols, dtype=torch.float32, device=device)
+    rotated, uniforms = out.debug_buffers(debug, cols if stochastic else None)
     if stats is None:
         stats = torch.zeros(2, dtype=torch.float32, device=device)
-    value_max = E2M1_MAX / SR_SCALE_OVERRIDE if stochastic else E2M1_MAX
-    grid = (cdiv(rows, NVIDIA_CONFIG["BLOCK_R"]), cdiv(cols, NVIDIA_CONFIG["BLOCK_C"]))
-    rotation_strides = rotation.stride() if rotation is not None else (0, 0)
     if not src.numel():
         out.tensor_scale.fill_(1.0)
         return out.result(src.shape, src.dtype)
-    for amax_pass in (True, False):
-        launch(
-            _nvidia_kernel,
-            grid,
-            src,
-            rotation,
-            *rotation_strides,
-            rows,
-            cols,
-            *src.stride(),
-            stats,
-            seed,
-            out.codes,
-            out.scales,
-            out.unscaled_bf16,
-            out.tensor_scale,
-            rotated,
-            uniforms,
-            value_max,
-            value_max * E4M3_MAX,
-            AMAX_PASS=amax_pass,
-            ROTATE=rotation is not None,
-            STOCHASTIC=stochastic,
-            SPLITS=SPLITS[src.dtype],
-            EMULATED=device.type != "cuda",
-            STORE_CODES=codes,
-            STORE_DEQ=unscaled_bf16,
-            DEBUG=debug is not None,
-            **NVIDIA_CONFIG,
-            **EXACT,
-        )
+    value_max = E2M1_MAX / SR_SCALE_OVERRIDE if stochastic else E2M1_MAX
+    cfg = config("nvidia", device)
+    args = (
+        src,
+        rotation,
+        *(rotation.stride() if rotation is not None else (0, 0)),
+        rows,
+        cols,
+        *src.stride(),
+        stats,
+        seed,
+        out.codes,
+        out.scales,
+        out.unscaled_bf16,
+        out.tensor_scale,
+        rotated,
+        uniforms,
+        value_max,
+        value_max * E4M3_MAX,
+    )
+    constexprs = {
+        "ROTATE": rotation is not None,
+        "STOCHASTIC": stochastic,
+        "SPLITS": SPLITS[src.dtype],
+        "EMULATED": device.type != "cuda",
+        "STORE_CODES": codes,
+        "STORE_DEQ": unscaled_bf16,
+        "DEBUG": debug is not None,
+        **cfg,
+    }
+    two_passes(_nvidia_kernel, (cdiv(rows, cfg["BLOCK_R"]), cdiv(cols, cfg["BLOCK_C"])), args, constexprs)
     return out.result(src.shape, src.dtype)

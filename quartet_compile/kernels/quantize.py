@@ -1,5 +1,5 @@
 """Forward NVFP4 quantization kernels: tensor amax, then RTN or 4/6 per 16-element block
-(SPEC sections 1-2), bit-for-bit equal to ``reference.quantizers``.
+(SPEC sections 1-2), bit-for-bit equal to the reference quantizers.
 
 Two launches: a bandwidth-bound amax reduction (the tensor scale must be known before any
 block is rounded), then one pass that writes packed codes, E4M3 scale bytes and, when the
@@ -9,15 +9,16 @@ GEMM that follows wants it, the exact unscaled dequantized operand ``e2m1 * s_b`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference.formats import E2M1_MAX, E4M3_MAX
-from ..reference.nvfp4 import BLOCK, NVFP4Tensor
-from ..reference.quantizers import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE_MAX
+from ..nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX, NVFP4Tensor
+from ..nvfp4.numerics import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE_MAX
+from .configs import config
 from .launch import cdiv, launch
 from .nvfp4_math import (
     accumulate_stats,
@@ -32,12 +33,6 @@ from .nvfp4_math import (
 
 EXACT = {"enable_fp_fusion": False}
 """Launch options of every kernel that must reproduce the reference's float32 rounding."""
-
-AMAX_CONFIG = {"BLOCK_SIZE": 16384, "num_warps": 8}
-QUANTIZE_CONFIG = {"BLOCK_R": 8, "BLOCK_C": 256, "num_warps": 4}
-"""Tiles of the two forward kernels (chosen with ``bench/kernels.py --tune``)."""
-TILE_2D_CONFIG = {"BLOCK_R": 16, "BLOCK_C": 128, "num_warps": 4}
-"""Tile of the 16x16-block quantizer (the ``nvidia`` recipe's weights): one tile row per program."""
 
 
 @triton.jit
@@ -54,8 +49,8 @@ def tensor_stats(x: Tensor) -> Tensor:
     x = x.contiguous()
     stats = torch.zeros(2, dtype=torch.float32, device=x.device)
     if x.numel():
-        grid = (cdiv(x.numel(), AMAX_CONFIG["BLOCK_SIZE"]),)
-        launch(_stats_kernel, grid, x, x.numel(), stats, **AMAX_CONFIG)
+        cfg = config("stats", x.device)
+        launch(_stats_kernel, (cdiv(x.numel(), cfg["BLOCK_SIZE"]),), x, x.numel(), stats, **cfg)
     return stats
 
 
@@ -192,6 +187,7 @@ class Outputs:
     scales: Tensor | None
     unscaled_bf16: Tensor | None
     tensor_scale: Tensor
+    shape: tuple[int, int]
 
     @classmethod
     def allocate(cls, rows: int, cols: int, device: torch.device, *, codes: bool, unscaled_bf16: bool) -> Outputs:
@@ -203,7 +199,24 @@ class Outputs:
             empty(rows, cols // BLOCK, dtype=torch.uint8) if codes else None,
             empty(rows, cols, dtype=torch.bfloat16) if unscaled_bf16 else None,
             empty(dtype=torch.float32),
+            (rows, cols),
         )
+
+    def debug_buffers(
+        self, debug: dict[str, Tensor] | None, uniforms_per_row: int | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The float32 ``rotated`` operand and ``uniforms`` ``[rows, uniforms_per_row]`` a
+        stochastic quantizer writes into ``debug`` for bit-exact comparison with the reference
+        (``None`` without ``debug``, and uniforms only where ``uniforms_per_row`` is given)."""
+        if debug is None:
+            return None, None
+        rows, cols = self.shape
+        debug["rotated"] = torch.empty(rows, cols, dtype=torch.float32, device=self.tensor_scale.device)
+        if uniforms_per_row is not None:
+            debug["uniforms"] = torch.empty(
+                rows, uniforms_per_row, dtype=torch.float32, device=self.tensor_scale.device
+            )
+        return debug["rotated"], debug.get("uniforms")
 
     def result(self, shape: torch.Size, dtype: torch.dtype) -> Quantized:
         """The :class:`Quantized` view of the written buffers; ``shape``, ``dtype``: the source's."""
@@ -211,6 +224,14 @@ class Outputs:
         if self.codes is not None:
             fp4 = NVFP4Tensor(self.codes, self.scales.view(torch.float8_e4m3fn), self.tensor_scale, shape, dtype)
         return Quantized(fp4, self.unscaled_bf16, self.tensor_scale)
+
+
+def two_passes(kernel: Any, grid: tuple[int, ...], args: tuple, constexprs: dict[str, Any]) -> None:
+    """The two launches of a stochastic quantizer, with the same arguments: the statistics pass
+    (``AMAX_PASS``: the amax of the rotated operand into the stats buffer), then the quantize
+    pass, which recomputes the (cheap) rotation rather than storing it."""
+    for amax_pass in (True, False):
+        launch(kernel, grid, *args, AMAX_PASS=amax_pass, **constexprs, **EXACT)
 
 
 def _check_last_dim(x: Tensor, multiple: int) -> None:
@@ -236,12 +257,12 @@ def quantize(
     rows, cols = x.shape
     if tile_2d and (four_over_six or rows % BLOCK):
         raise ValueError(f"16x16 block scaling is RTN only and needs rows % 16 == 0, got {rows} rows")
-    config = TILE_2D_CONFIG if tile_2d else QUANTIZE_CONFIG
+    cfg = config("quantize_tile_2d" if tile_2d else "quantize", x.device)
     scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
     out = Outputs.allocate(rows, cols, x.device, codes=codes, unscaled_bf16=unscaled_bf16)
     stats = tensor_stats(x)
     if x.numel():
-        grid = (cdiv(rows, config["BLOCK_R"]), cdiv(cols, config["BLOCK_C"]))
+        grid = (cdiv(rows, cfg["BLOCK_R"]), cdiv(cols, cfg["BLOCK_C"]))
         launch(
             _quantize_kernel,
             grid,
@@ -262,7 +283,7 @@ def quantize(
             TILE_2D=tile_2d,
             STORE_CODES=codes,
             STORE_DEQ=unscaled_bf16,
-            **config,
+            **cfg,
             **EXACT,
         )
     else:

@@ -4,7 +4,7 @@ and the ``nvidia`` recipe (RHT-16 on the weight-gradient operands, :mod:`.nvidia
 The rotation ``D H`` is a +-1 matrix, exact in bf16, so a bf16 operand is rotated by one
 tensor-core product with float32 accumulation; fp16 and float32 operands are split into 2
 or 3 exact bf16 parts first. The accumulation order is the hardware's, so rotated values
-may differ from ``reference.rht`` in the last bits; the kernels' tests compare everything
+may differ from the reference's ``rht`` in the last bits; the kernels' tests compare everything
 after the rotation bit for bit, fed the kernel's rotated tensor.
 """
 
@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference.randomness import RandomSource, uniform
+from ..nvfp4.randomness import RandomSource, uniform
 from .launch import launch
 
 SPLITS = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
@@ -49,7 +49,7 @@ def dot_split(x, rotation, SPLITS: tl.constexpr, EMULATED: tl.constexpr):
 def _rotation_kernel(signs_ptr, out_ptr, N: tl.constexpr, FROM_UNIFORMS: tl.constexpr):
     """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``signs[i]``, stored
     column-major; the parity of up to 16 bits is folded with shifts. FROM_UNIFORMS: the
-    signs are uniform draws, mapped as :func:`reference.random_signs` maps them."""
+    signs are uniform draws, mapped as :func:`quartet_compile.nvfp4.randomness.random_signs` maps them."""
     i = tl.arange(0, N)
     bits = i[:, None] & i[None, :]
     for shift in tl.static_range(4):

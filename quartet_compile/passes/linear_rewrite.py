@@ -1,5 +1,5 @@
 """Find the matmuls of linear layers in a Dynamo FX graph and rewrite them into
-:func:`quartet_compile.ops.quartet_linear_op`.
+:func:`quartet_compile.ops.quantized_linear`.
 
 A matmul is a linear layer when one operand is a weight (a parameter, see :mod:`.weights`),
 possibly through a transpose. Matched forms: ``F.linear``, ``matmul``/``@``/``mm`` with the weight
@@ -25,8 +25,8 @@ import torch.fx as fx
 from torch import nn
 
 from ..config import QuartetConfig
-from ..ops import DEFAULT_RNG, op_arguments, quartet_linear_op
-from ..reference.linear import required_multiples
+from ..nvfp4.randomness import DEFAULT_STREAM
+from ..ops import quantized_linear, route
 from .output_head import OutputHeads
 from .weights import Weights, _value
 
@@ -66,6 +66,8 @@ class MatmulDecision:
     quantized: bool
     reason: str
     recipe: str
+    implementation: str = ""
+    """What runs it (:class:`~quartet_compile.ops.Implementation`), for quantized rows."""
 
     @property
     def decision(self) -> str:
@@ -224,7 +226,7 @@ def _decide(
         return False, f"K={k}, N={n} below min_features={config.min_features}", shapes, weight
     if x is not None and (not x.is_floating_point() or x.dtype == torch.float64):
         return False, f"activation dtype {x.dtype} is not a training float type", shapes, weight
-    multiples = required_multiples(config)
+    multiples = config.numerics.multiples
     notes = [
         f"{d} padded {s}->{-(-s // multiples[d]) * multiples[d]}" for d, s in (("K", k), ("N", n)) if s % multiples[d]
     ]
@@ -251,7 +253,7 @@ def _rewrite(node: fx.Node, match: _Linear, arguments: dict) -> None:
     graph = node.graph
     with graph.inserting_before(node):
         weight = graph.call_function(torch.t, (match.weight,)) if match.transpose else match.weight
-        new = graph.call_function(quartet_linear_op, (match.x, weight, match.bias), arguments)
+        new = graph.call_function(quantized_linear, (match.x, weight, match.bias), arguments)
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
@@ -274,25 +276,26 @@ def rewrite_linears(
     config: QuartetConfig,
     *,
     root: nn.Module | None = None,
-    rng: int = DEFAULT_RNG,
+    rng: int = DEFAULT_STREAM,
     apply: bool = True,
 ) -> list[MatmulDecision]:
     """Rewrite the linear-layer matmuls of ``gm`` (and of its checkpointed bodies) in place;
     with ``apply=False`` only report what would happen. ``root``: the compiled model, which
     names the weights (see :func:`.weights.compiled_root`); ``rng``: the backward's random
-    stream (:func:`quartet_compile.ops.random_stream`)."""
+    stream (:func:`quartet_compile.nvfp4.randomness.random_stream`)."""
     weights = Weights.of_graph(gm, example_inputs, root, config.weight_buffers)
     heads = OutputHeads(gm, weights, root)
-    return _rewrite_graph(gm, weights, heads, config, op_arguments(config, rng) if apply else None)
+    return _rewrite_graph(gm, weights, heads, config, rng, apply)
 
 
 def _rewrite_graph(
-    gm: fx.GraphModule, weights: Weights, heads: OutputHeads, config: QuartetConfig, arguments: dict | None
+    gm: fx.GraphModule, weights: Weights, heads: OutputHeads, config: QuartetConfig, rng: int, apply: bool
 ) -> list[MatmulDecision]:
-    """``arguments``: of the op that replaces each quantized matmul (``None``: report only)."""
     decisions = []
+    numerics = config.numerics
     for node, match, op, reason in _candidates(gm, weights):
         module = weights.module_path(node)
+        implementation = ""
         if match is None:
             weight_node = _touched_weight(weights, node)
             weight_name = weights.name(weight_node, module) if weight_node is not None else ""
@@ -300,12 +303,19 @@ def _rewrite_graph(
             quantize = False
         else:
             quantize, reason, shapes, weight_name = _decide(node, match, weights, heads, config)
-        decisions.append(MatmulDecision(module, weight_name, op, shapes, quantize, reason, config.recipe.value))
-        if quantize and arguments is not None:
-            _rewrite(node, match, arguments)
+        if quantize:
+            x = _value(match.x)
+            chosen = route(numerics, x.device if x is not None else torch.device("cpu"), config.kernel_preference)
+            implementation = chosen.implementation.value
+            if apply:
+                arguments = {"numerics": numerics.encode(), "implementation": implementation, "rng": rng}
+                _rewrite(node, match, arguments)
+        decisions.append(
+            MatmulDecision(module, weight_name, op, shapes, quantize, reason, config.recipe.value, implementation)
+        )
     for body, body_weights in list(_bodies(gm, weights)):
-        decisions += _rewrite_graph(body, body_weights, heads, config, arguments)
-    if arguments is not None:
+        decisions += _rewrite_graph(body, body_weights, heads, config, rng, apply)
+    if apply:
         gm.graph.lint()
         gm.recompile()
     return decisions

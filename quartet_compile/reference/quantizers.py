@@ -22,26 +22,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .formats import (
-    E2M1_MAX,
-    E4M3_MAX,
-    decode_e2m1,
-    pack_e2m1,
-    round_to_e2m1,
-    round_to_e4m3,
-    stochastic_round_to_e2m1,
-    stochastic_round_to_e4m3,
+from ..nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX, NVFP4Tensor, decode_e2m1, pack_e2m1
+from ..nvfp4.numerics import (
+    EDEN_GROUP,
+    FOUR_OVER_SIX_ALT_FACTOR,
+    FOUR_OVER_SIX_SCALE_MAX,
+    MS_EDEN_SCALE_MAX,
+    MS_EDEN_SCALE_OVERRIDE,
+    SR_SCALE_OVERRIDE,
 )
+from ..nvfp4.randomness import RandomSource, uniform
 from .hadamard import rht
-from .nvfp4 import BLOCK, NVFP4Tensor
-from .randomness import RandomSource, uniform
+from .rounding import round_to_e2m1, round_to_e4m3, stochastic_round_to_e2m1, stochastic_round_to_e4m3
 
-FOUR_OVER_SIX_SCALE_MAX = 256.0
-FOUR_OVER_SIX_ALT_FACTOR = 6.0 / 4.0
-MS_EDEN_SCALE_MAX = 256.0
-MS_EDEN_SCALE_OVERRIDE = (17.0 / 16.0) * 0.93
-SR_SCALE_OVERRIDE = 17.0 / 16.0
-EDEN_GROUP = 128
 _FP32_MIN_NORMAL = torch.finfo(torch.float32).tiny
 
 

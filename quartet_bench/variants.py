@@ -1,0 +1,95 @@
+"""What a comparison compares: the variants of one model (eager, Inductor BF16, each quartet
+recipe, the peers), and the ``torch.compile`` backend of each."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from quartet_compile import QuartetBackend, QuartetConfig, Recipe
+from quartet_compile.compiler import inductor
+
+
+class Kind(str, enum.Enum):
+    EAGER = "eager"
+    INDUCTOR = "inductor"
+    QUARTET = "quartet"
+    TENSORRT = "tensorrt"
+    FOUROVERSIX = "fouroversix"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of a comparison: how the model is compiled and, for ``quartet``, which recipe."""
+
+    name: str
+    kind: Kind
+    recipe: Recipe | None = None
+
+    @property
+    def trains(self) -> bool:
+        """TensorRT compiles inference graphs only: that variant times the forward alone."""
+        return self.kind is not Kind.TENSORRT
+
+
+BASELINE = "inductor"
+VARIANTS: dict[str, Variant] = {
+    "eager": Variant("eager", Kind.EAGER),
+    "inductor": Variant("inductor", Kind.INDUCTOR),
+    **{r.value: Variant(r.value, Kind.QUARTET, r) for r in Recipe},
+    "tensorrt": Variant("tensorrt", Kind.TENSORRT),
+    "fouroversix": Variant("fouroversix", Kind.FOUROVERSIX),
+}
+"""Names accepted by ``--variants``: ``eager``, ``inductor`` (the BF16 baseline), every recipe by
+its own name (``bf16`` is the quartet backend with nothing quantized: the cost of the graph
+rewrite alone), and the peers ``tensorrt`` and ``fouroversix`` (the peer package's own linear
+module)."""
+
+
+def parse_variants(names: str | list[str]) -> list[Variant]:
+    names = names.split(",") if isinstance(names, str) else names
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    return [VARIANTS[n] for n in names]
+
+
+class _CountingBackend:
+    """Counts the graphs a backend compiles: more graphs after the first step are recompiles."""
+
+    def __init__(self, inner: Callable):
+        self.inner = inner
+        self.graphs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list, **kwargs: Any) -> Callable:
+        self.graphs += 1
+        return self.inner(gm, example_inputs, **kwargs)
+
+
+def backend_for(variant: Variant, quartet_options: dict[str, Any]) -> _CountingBackend | None:
+    """The ``torch.compile`` backend of ``variant`` (``None``: eager). ``fouroversix`` compiles
+    with Inductor after :func:`train` has swapped the peer's modules in."""
+    if variant.kind is Kind.EAGER:
+        return None
+    if variant.kind is Kind.QUARTET:
+        return _CountingBackend(QuartetBackend(QuartetConfig(recipe=variant.recipe, **quartet_options)))
+    if variant.kind is Kind.TENSORRT:
+        import torch_tensorrt  # noqa: F401  (registers the backend)
+
+        return _CountingBackend(torch._dynamo.lookup_backend("torch_tensorrt"))
+    return _CountingBackend(inductor)
+
+
+def swap_in_fouroversix(model: nn.Module) -> None:
+    """The peer's own path: replace ``nn.Linear`` modules by its training linear (``lm_head`` kept)."""
+    from fouroversix import ModelQuantizationConfig, quantize_model
+
+    config = ModelQuantizationConfig(
+        keep_master_weights=True, weight_scale_2d=True, modules_to_not_convert=["model.lm_head", "lm_head"]
+    )
+    quantize_model(model, config)

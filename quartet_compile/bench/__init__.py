@@ -1,1 +1,0 @@
-"""A/B benchmarking of compiled training steps (``quartet-bench``); see :mod:`.cli`."""

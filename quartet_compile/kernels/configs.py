@@ -1,0 +1,72 @@
+"""Launch configurations of every kernel, by kernel and GPU architecture, in one table.
+
+A kernel looks its configuration up with :func:`config`; :func:`override` replaces entries for the
+duration of a ``with`` block (what the tuning benchmarks use), instead of code mutating module
+dictionaries. Entries under ``"default"`` apply to every architecture without an entry of its
+own; the entries were tuned on Hopper (sm_90) and serve every architecture until one is tuned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+DEFAULT = "default"
+
+_TABLE: dict[str, dict[str, dict[str, Any]]] = {
+    # Forward quantizer: statistics pass (tensor amax) and block pass (1x16 blocks, and 16x16
+    # tiles for the nvidia recipe's weights: one tile row per program).
+    "stats": {DEFAULT: {"BLOCK_SIZE": 16384, "num_warps": 8}},
+    "quantize": {DEFAULT: {"BLOCK_R": 8, "BLOCK_C": 256, "num_warps": 4}},
+    "quantize_tile_2d": {DEFAULT: {"BLOCK_R": 16, "BLOCK_C": 128, "num_warps": 4}},
+    # MS-EDEN: rows per program (each program owns one 128-column group), and a register cap
+    # that fits three programs per SM instead of two.
+    "ms_eden": {DEFAULT: {"BLOCK_R": 64, "num_warps": 4, "maxnreg": 168}},
+    # nvidia recipe's backward quantizers: a rotated tile is one [BLOCK_R * BLOCK_C / 16, 16] x
+    # [16, 16] tensor-core product.
+    "nvidia": {DEFAULT: {"BLOCK_R": 32, "BLOCK_C": 128, "num_warps": 4}},
+    "dequantize": {DEFAULT: {"BLOCK_R": 64, "BLOCK_C": 128, "num_warps": 4}},
+    # Persistent TMA GEMM of the unscaled bf16 operands (float32 outputs take one stage less:
+    # their epilogue staging needs twice the shared memory).
+    "tma_gemm": {
+        DEFAULT: {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+    },
+    "scale_epilogue": {DEFAULT: {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8}},
+    "blackwell_gemm": {DEFAULT: {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}},
+}
+
+
+@functools.cache
+def architecture(device: torch.device) -> str:
+    """``sm_90``-style name of a CUDA device's architecture (``cpu`` for other devices)."""
+    if device.type != "cuda":
+        return device.type
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def config(kernel: str, device: torch.device | None = None) -> dict[str, Any]:
+    """A copy of ``kernel``'s configuration for ``device``'s architecture (or the default)."""
+    entries = _TABLE[kernel]
+    arch = architecture(device) if device is not None else DEFAULT
+    return dict(entries.get(arch, entries[DEFAULT]))
+
+
+@contextlib.contextmanager
+def override(kernel: str, values: dict[str, Any], arch: str = DEFAULT) -> Iterator[None]:
+    """Use ``values`` (merged over the current entry) for ``kernel`` on ``arch`` inside the block.
+    Kernels compiled meanwhile stay cached under their own configuration."""
+    entries = _TABLE[kernel]
+    previous = entries.get(arch)
+    entries[arch] = {**(previous or entries[DEFAULT]), **values}
+    try:
+        yield
+    finally:
+        if previous is None:
+            del entries[arch]
+        else:
+            entries[arch] = previous

@@ -1,0 +1,165 @@
+"""The quantized linear layer from the Triton kernels: the forward/backward protocol of
+:mod:`quartet_compile.reference.layer`, on CUDA tensors, for every quantized numerics.
+
+Forward: RTN or 4/6 (``quartet2``, ``quartet2-no46``, ``fp4-forward``), and RTN with 16x16
+weight tiles (``nvidia``). Backward: MS-EDEN (``quartet2``, ``quartet2-no46``), SR with RHT-16
+on the weight gradient (``nvidia``), and the high-precision GEMMs of ``fp4-forward`` on the
+dequantized saved operands (in the gradient's dtype: float32 gradients take float32 GEMMs).
+
+GEMMs: with ``native`` (a datacenter Blackwell GPU that passed the native kernel's first-use
+check, decided by the caller before any tracing) the quantizers write packed codes and
+:func:`.blackwell.dot_scaled_gemm` multiplies them on the block-scaled FP4 tensor cores where
+the reduction is a multiple of 128; otherwise they write the exact unscaled bf16 operands for
+:func:`.gemm.unscaled_gemm`. The ``nvidia`` dgrad multiplies by the dequantized saved weight
+(its 16x16 tiles are quantized along the other axis) and ``fp4-forward``'s backward is high
+precision, so both keep the bf16 route.
+
+Randomness of the backward comes from ``source`` (PyTorch's default CUDA generator unless a
+stream of the backend's own is given): the rotation signs (128 for MS-EDEN, 16 for ``nvidia``),
+then one Philox seed per stochastically quantized operand, drawn as device tensors, so CUDA-graph
+replays draw fresh values. The backward draws the signs in one launch, zeroes the amax scratch
+buffers of all its quantizers in one, and splits seeds and buffers with one ``unbind`` each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..nvfp4.format import NVFP4Tensor
+from ..nvfp4.numerics import EDEN_GROUP, NVIDIA_RHT_SIZE, BackwardQuant, ForwardQuant, Numerics
+from ..nvfp4.randomness import RandomSource, as_generator
+from ..nvfp4.saved import Saved
+from .blackwell import NATIVE_K_MULTIPLE, dot_scaled_gemm
+from .dequantize import dequantize_unscaled
+from .gemm import unscaled_gemm
+from .ms_eden import ms_eden
+from .nvidia import nvidia_quantize
+from .quantize import Quantized, quantize
+from .rotation import random_rotation
+
+
+def operands(native: bool, k: int) -> dict[str, bool]:
+    """What the quantizers of a GEMM reducing over ``k`` write: packed codes where the native
+    Blackwell GEMM runs, else the exact unscaled bf16 operands (``codes`` and ``unscaled_bf16``
+    keyword arguments of the quantize kernels)."""
+    packed = native and k % NATIVE_K_MULTIPLE == 0
+    return {"codes": packed, "unscaled_bf16": not packed}
+
+
+def nvfp4_gemm(a: Quantized, b: Quantized, out_dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
+    """``deq(a) deq(b)^T``: on the FP4 tensor cores when the quantizers wrote codes only
+    (:func:`operands`), else from the exact unscaled bf16 operands."""
+    if a.unscaled_bf16 is None:
+        return dot_scaled_gemm(a.fp4, b.fp4, out_dtype, bias)
+    return unscaled_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
+
+
+def forward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, numerics: Numerics, *, native: bool = False
+) -> tuple[Tensor, Saved]:
+    """``x [T, K] @ weight [N, K]^T + bias``: quantize both (RTN, 4/6, or for ``nvidia`` RTN
+    with 16x16 weight tiles), one NVFP4 GEMM. ``nvidia`` saves ``x`` itself (its backward
+    rotates it), so its FP4 codes are written only for a native GEMM."""
+    if not numerics.quantized:
+        raise ValueError(f"the kernels implement quantized numerics only, not {numerics}")
+    numerics.check_shapes(x.shape[0], x.shape[1], weight.shape[0])
+    four_over_six = numerics.forward is ForwardQuant.FOUR_OVER_SIX
+    nvidia = numerics.forward is ForwardQuant.NVIDIA
+    route = operands(native, x.shape[1])
+    codes, unscaled_bf16 = route["codes"] or not nvidia, route["unscaled_bf16"]
+    xq = quantize(x, four_over_six=four_over_six, codes=codes, unscaled_bf16=unscaled_bf16)
+    wq = quantize(weight, four_over_six=four_over_six, tile_2d=nvidia, unscaled_bf16=unscaled_bf16)
+    saved = Saved(x=x, wq=wq.fp4) if numerics.saves_x else Saved(xq=xq.fp4, wq=wq.fp4)
+    return nvfp4_gemm(xq, wq, x.dtype, bias), saved
+
+
+def _ms_eden_gemm(
+    a: Tensor | NVFP4Tensor,
+    a_transpose: bool,
+    b: NVFP4Tensor,
+    rotation: Tensor,
+    seeds: Sequence[Tensor],
+    stats: Sequence[Tensor],
+    out_dtype: torch.dtype,
+    native: bool,
+) -> Tensor:
+    """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction;
+    ``seeds``: two 0-d seed tensors; ``stats``: two zeroed amax scratch rows."""
+    options = operands(native, b.codes.shape[0])
+    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, stats=stats[0], **options)
+    bq = ms_eden(b, rotation, seeds[1], transpose=True, stats=stats[1], **options)
+    return nvfp4_gemm(aq, bq, out_dtype)
+
+
+def _backward_ms_eden(grad, saved, dtypes, needs, source, native):
+    """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T)."""
+    generator = as_generator(source, grad.device)
+    rotation = random_rotation(EDEN_GROUP, generator, grad.device)
+    seeds = torch.randint(0, 2**62, (4,), generator=generator, device=grad.device).unbind()
+    stats = torch.zeros(4, 2, dtype=torch.float32, device=grad.device).unbind()
+    dx = dw = None
+    if needs[0]:
+        dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], stats[:2], dtypes[0], native)
+    if needs[1]:
+        dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:], stats[2:], dtypes[1], native)
+    return dx, dw
+
+
+def _dequantized_gemm(a: Tensor, saved: NVFP4Tensor, scale_a: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``(a deq(saved)) scale_a``: the saved operand's exact unscaled values in ``a``'s dtype,
+    transposed so that the reduction runs along its rows, both tensor scales in the epilogue."""
+    b = dequantize_unscaled(saved, transpose=True, dtype=a.dtype)
+    return unscaled_gemm(a, b, scale_a, saved.tensor_scale, out_dtype)
+
+
+def _backward_high_precision(grad, saved, dtypes, needs, source, native):
+    """``fp4-forward``: the two GEMMs of autograd's linear backward on the dequantized saved
+    operands, float32 accumulation."""
+    one = grad.new_ones((), dtype=torch.float32)
+    dx = _dequantized_gemm(grad, saved.wq, one, dtypes[0]) if needs[0] else None
+    dw = _dequantized_gemm(grad.T, saved.xq, one, dtypes[1]) if needs[1] else None
+    return dx, dw
+
+
+def _backward_nvidia(grad, saved, dtypes, needs, source, native):
+    """``nvidia``: SR of ``g`` against the saved 16x16-tile weight for dgrad; RHT-16 along the
+    tokens, then SR of ``g^T`` and RTN of ``x^T``, for wgrad."""
+    generator = as_generator(source, grad.device)
+    rotation = random_rotation(NVIDIA_RHT_SIZE, generator, grad.device)
+    seeds = torch.randint(0, 2**62, (2,), generator=generator, device=grad.device).unbind()
+    stats = torch.zeros(3, 2, dtype=torch.float32, device=grad.device).unbind()
+    dx = dw = None
+    if needs[0]:
+        gq = nvidia_quantize(grad, seed=seeds[0], stats=stats[0], codes=False, unscaled_bf16=True)
+        dx = _dequantized_gemm(gq.unscaled_bf16, saved.wq, gq.tensor_scale, dtypes[0])
+    if needs[1]:
+        options = operands(native, grad.shape[0])
+        gtq = nvidia_quantize(grad, seed=seeds[1], rotation=rotation, transpose=True, stats=stats[1], **options)
+        xtq = nvidia_quantize(saved.x, seed=None, rotation=rotation, transpose=True, stats=stats[2], **options)
+        dw = nvfp4_gemm(gtq, xtq, dtypes[1])
+    return dx, dw
+
+
+_BACKWARDS = {
+    BackwardQuant.NONE: _backward_high_precision,
+    BackwardQuant.MS_EDEN: _backward_ms_eden,
+    BackwardQuant.NVIDIA: _backward_nvidia,
+}
+
+
+def backward(
+    grad: Tensor,
+    saved: Saved,
+    numerics: Numerics,
+    *,
+    dtypes: tuple[torch.dtype, torch.dtype],
+    needs: tuple[bool, bool] = (True, True),
+    source: RandomSource = None,
+    native: bool = False,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(dx [T, K], dW [N, K])`` for ``grad [T, N]`` with the numerics' backward; ``None`` where
+    not ``needs``."""
+    return _BACKWARDS[numerics.backward](grad, saved, dtypes, needs, source, native)
