@@ -91,11 +91,13 @@ def compare(args: argparse.Namespace, variant_names: Sequence[str]) -> list[RunR
     curves = report.curve_table(results)
     if curves:
         print("\nValidation bits per byte:\n" + curves)
+    total_s = time.perf_counter() - started
     if args.out:
-        meta = {**report.environment(device), "model": spec.label, "settings": vars(settings)}
+        meta = {**report.environment(device), "model": spec.label, "settings": vars(settings), "total_s": total_s}
+        meta["notes"] = [f"Total time of the comparison (compilation, training, evaluation): {total_s / 60:.1f} min."]
         for path in report.write(results, args.out, args.name, meta):
             print(f"wrote {path}")
-    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    minutes, seconds = divmod(round(total_s), 60)
     print(f"\nTotal time: {minutes} min {seconds} s", file=sys.stderr)
     return results
 
