@@ -236,7 +236,9 @@ def _record_step(
 
 
 def optimizer_for(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    """AdamW, fused on CUDA (one kernel per step instead of one per parameter group and op)."""
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
 
 
 def train_step(

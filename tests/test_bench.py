@@ -393,10 +393,15 @@ def test_step_profile_groups_kernels_by_family(tmp_path):
                                      "other": 0.025}  # fmt: skip
     assert result["kernel_ms"] == pytest.approx(0.725) and result["launches"] == 2.0
     assert [t["kernel"] for t in result["top"]] == ["nvjet_x", "_ms_eden_kernel"]
-    profile.main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--variants", "eager", "--steps", "1",
-                  "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
-    row = json.loads((tmp_path / "step-profile-tiny.json").read_text())["rows"][0]
-    assert 0 < row["host_ms"] <= row["step_ms"]
+    profile.main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--variants", "eager,bf16", "--steps",
+                  "1", "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
+    base, op_layer = json.loads((tmp_path / "step-profile.json").read_text())["rows"]
+    assert 0 < base["host_ms"] <= base["step_ms"] and base["x_step"] == 1.0
+    assert base["quartet_linears"] == 0 and "host_us_per_linear" not in base
+    assert op_layer["quartet_linears"] == 14  # q, k, v, o, gate, up, down of the tiny preset's two blocks
+    assert op_layer["x_step"] == pytest.approx(op_layer["step_ms"] / base["step_ms"])
+    excess = op_layer["host_ms"] - base["host_ms"]
+    assert op_layer["host_us_per_linear"] == pytest.approx(1e3 * excess / 14)
     with pytest.raises(SystemExit, match="covers"):
         profile.main(["--model", "tiny", "--variants", "fouroversix", "--device", "cpu"])
 

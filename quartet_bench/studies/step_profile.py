@@ -1,15 +1,20 @@
-"""Where a compiled training step's device time goes: per variant,
-the median step time next to the sum of its kernels' device times, split into GEMMs, NVFP4
-quantizers, attention, optimizer and the rest, and the most expensive kernels.
+"""Where a compiled training step's time goes: per variant, the median step time and its ratio to
+the first variant (the baseline, measured in the same run), the host time, the sum of its kernels'
+device times split into GEMMs, NVFP4 quantizers, attention, optimizer and the rest, launches per
+step, peak memory, and the most expensive kernels.
 
-    python -m quartet_bench.studies.step_profile --model 30m --batch 64 --seq-len 512 --variants inductor,quartet2
-    python -m quartet_bench.studies.step_profile --model 1b --batch 4 --seq-len 2048 --out bench/results
+    python -m quartet_bench.studies.step_profile --model 30m --batch 16 --seq-len 512
+    python -m quartet_bench.studies.step_profile --hf-config llama --hf-set hidden_size=1024 ... --seq-len 1024
+    python -m quartet_bench.studies.step_profile --model 1b --batch 4 --seq-len 2048 --mode reduce-overhead
 
 The step is the training loop's (autocast bf16, backward, clipping, AdamW) on one fixed batch.
 "host" is the median time until the step's Python returns, before waiting for the device: a
 step whose host time equals its step time, well above its kernel sum, is host-bound (the GPU
 waits for launches; ``--mode reduce-overhead`` removes that). On CPU the step is timed and no
-kernels are listed.
+kernels are listed. For each quartet variant, "host us / linear" and "launches / linear" are its
+excess over the baseline divided by the number of linear layers the backend took over: what one
+such layer's forward and backward add to the step beyond the BF16 layer it replaces (for the
+``bf16`` recipe, the cost of the op layer alone).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .. import report
-from ..models import ModelSpec
+from ..arguments import HelpFormatter, spec_from, variant_list
+from ..models import PRESETS, ModelSpec
 from ..training import Timer, TrainSettings, optimizer_for, train_step
 from ..variants import Kind, backend_for, parse_variants
 
@@ -64,9 +70,10 @@ def breakdown(kernels: Iterable[tuple[str, float]], steps: int, top: int = 10) -
 
 def training_step(
     variant: str, spec: ModelSpec, settings: TrainSettings, device: torch.device, inner: str
-) -> Callable[[], None]:
-    """:func:`training.train_step` of ``spec`` compiled as ``variant`` on a fixed random batch;
-    ``inner`` compiles quartet's rewritten graph."""
+) -> tuple[Callable[[], None], Callable[[], int]]:
+    """:func:`training.train_step` of ``spec`` compiled as ``variant`` on a fixed random batch,
+    and a count of the linear layers the quartet backend took over so far; ``inner`` compiles
+    quartet's rewritten graph."""
     chosen = parse_variants(variant)[0]
     if chosen.kind not in (Kind.EAGER, Kind.INDUCTOR, Kind.QUARTET):
         raise SystemExit(f"{variant}: the step profile covers eager, inductor and quartet variants")
@@ -78,7 +85,12 @@ def training_step(
     params = list(model.parameters())
     optimizer = optimizer_for(params, settings)
     tokens = torch.randint(0, 256, (settings.batch, settings.seq_len + 1), device=device)
-    return lambda: train_step(step_fn, tokens, params, optimizer, device, settings)
+    reports = getattr(getattr(backend, "inner", None), "reports", [])
+
+    def taken_over() -> int:
+        return sum(d.quantized for report in reports for d in report)
+
+    return lambda: train_step(step_fn, tokens, params, optimizer, device, settings), taken_over
 
 
 def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
@@ -86,6 +98,9 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
     host issue time, then ``steps`` more under the profiler for the kernel breakdown."""
     for _ in range(warmup):
         step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     timer = Timer(device)
     times, host = [], []
     for _ in range(steps):
@@ -100,19 +115,37 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
-    return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), **breakdown(kernels, steps)}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), "peak_gib": peak,
+            **breakdown(kernels, steps)}  # fmt: skip
+
+
+def per_linear(row: dict, base: dict) -> dict:
+    """Ratios to ``base`` and, for a quartet variant, its excess host time and launches over
+    ``base`` per linear layer it took over."""
+    ratios = {"x_step": row["step_ms"] / base["step_ms"], "x_kernels": row["kernel_ms"] / max(base["kernel_ms"], 1e-9)}
+    n = row["quartet_linears"]
+    if not n:
+        return ratios
+    return {**ratios, "host_us_per_linear": 1e3 * (row["host_ms"] - base["host_ms"]) / n,
+            "launches_per_linear": (row["launches"] - base["launches"]) / n}  # fmt: skip
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     columns = [*FAMILIES, "other"]
-    lines = [*report.markdown_header("Training step: device time by kernel family", meta)]
-    lines += [f"{meta['model']}, batch {meta['batch']} x {meta['seq_len']}, mode {meta['mode']}; ms per step.", ""]
-    lines += ["| variant | step | host | kernels (launches) | " + " | ".join(columns) + " |",
-              "|---|---:|---:|---:|" + "---:|" * len(columns)]  # fmt: skip
+    lines = [*report.markdown_header("Training step: host and device time", meta)]
+    lines += [f"{meta['model']}, batch {meta['batch']} x {meta['seq_len']}, mode {meta['mode']}; ms per step, "
+              f"ratios to {rows[0]['variant']}.", ""]  # fmt: skip
+    header = ["variant", "step", "x", "host", "kernels", "x kernels", "launches", "quartet linears",
+              "host us / linear", "launches / linear", "peak GiB", *columns]  # fmt: skip
+    cells = []
     for r in rows:
-        cells = [f"{r['step_ms']:.2f}", f"{r['host_ms']:.2f}", f"{r['kernel_ms']:.2f} ({r['launches']:.0f})"]
-        cells += [f"{r['families_ms'][c]:.2f}" for c in columns]
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+        extra = [f"{r[k]:.0f}" if k in r else "-" for k in ("host_us_per_linear", "launches_per_linear")]
+        cells.append([r["variant"], f"{r['step_ms']:.2f}", f"{r['x_step']:.2f}", f"{r['host_ms']:.2f}",
+                      f"{r['kernel_ms']:.2f}", f"{r['x_kernels']:.2f}", f"{r['launches']:.0f}",
+                      str(r["quartet_linears"]), *extra, f"{r['peak_gib']:.2f}",
+                      *(f"{r['families_ms'][c]:.2f}" for c in columns)])  # fmt: skip
+    lines.append(report.markdown_table(header, cells))
     for r in rows:
         lines += ["", f"{r['variant']}: most expensive kernels", "", "| kernel | ms | launches |", "|---|---:|---:|"]
         lines += [f"| `{t['kernel'][:70]}` | {t['ms']:.3f} | {t['launches']:.0f} |" for t in r["top"]]
@@ -120,34 +153,40 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="30m")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", default="30m", choices=list(PRESETS), help="built-in model preset")
+    parser.add_argument("--hf-config", help="a transformers model_type (llama, gpt2, qwen2...) or a config.json path")
+    parser.add_argument("--hf-set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--variants", default="inductor,quartet2")
+    parser.add_argument("--variants", type=variant_list, default="inductor,quartet2", help="the first is the baseline")
     parser.add_argument("--mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--cpp-wrapper", action="store_true", help="Inductor launches kernels from generated C++")
     parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--name", default="step-profile")
+    parser.add_argument("--name", default="step-profile", help="file stem of the results")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    meta = {**report.environment(device), "model": args.model, "batch": args.batch, "seq_len": args.seq_len,
-            "mode": args.mode or "default"}  # fmt: skip
+    torch._inductor.config.cpp_wrapper = args.cpp_wrapper
+    spec = spec_from(args)
+    mode = (args.mode or "default") + (" + cpp_wrapper" if args.cpp_wrapper else "")
+    meta = {**report.environment(device), "model": spec.label, "hf_set": args.hf_set, "batch": args.batch,
+            "seq_len": args.seq_len, "mode": mode}  # fmt: skip
     rows = []
-    for variant in args.variants.split(","):
+    for variant in args.variants:
         settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=args.mode)
-        step = training_step(variant, ModelSpec(args.model), settings, device, args.inner_backend)
-        rows.append({"variant": variant, **measure(step, device, args.warmup, args.steps)})
-        row = rows[-1]
+        step, taken_over = training_step(variant, spec, settings, device, args.inner_backend)
+        row = {"variant": variant, **measure(step, device, args.warmup, args.steps), "quartet_linears": taken_over()}
+        rows.append({**row, **per_linear(row, rows[0] if rows else row)})
         print(f"{variant}: {row['step_ms']:.2f} ms per step, host {row['host_ms']:.2f}, kernels {row['kernel_ms']:.2f}",
               flush=True)  # fmt: skip
     text = markdown(rows, meta)
     print(text)
     if args.out:
-        report.write_result(args.out, f"{args.name}-{args.model}", {**meta, "rows": rows}, text)
+        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
 
 
 if __name__ == "__main__":
