@@ -192,6 +192,20 @@ def forward_quantize(generator: torch.Generator) -> None:
     assert quantize(bad).fp4.dequantize().isnan().all()
 
 
+def check_random_rotation(n: int, generator: torch.Generator) -> None:
+    """``random_rotation`` is ``D H`` with random signs (read back from its first column, where
+    ``H`` is 1), the same for the same seed and zeroes its scratch in the same launch."""
+    seed, other = torch.randint(0, 2**62, (2,), generator=generator)
+    scratch = torch.full((5, 2), float("nan"))
+    rotation = random_rotation(n, seed, zero=scratch)
+    signs = rotation[:, 0].float()
+    assert set(signs.tolist()) <= {-1.0, 1.0} and torch.equal(rotation, rotation_matrix(signs))
+    assert torch.equal(scratch, torch.zeros(5, 2))
+    assert torch.equal(random_rotation(n, seed), rotation)
+    if n >= 16:
+        assert not torch.equal(random_rotation(n, other), rotation)
+
+
 def ms_eden_stage(generator: torch.Generator) -> None:
     signs = random_signs(128, generator, torch.device("cpu"))
     rotation = rotation_matrix(signs)
@@ -199,10 +213,7 @@ def ms_eden_stage(generator: torch.Generator) -> None:
     for n in (1, 2, 16, 512):  # the in-kernel parity against the tensor-op Sylvester matrix
         small = random_signs(n, generator, torch.device("cpu"))
         assert torch.equal(rotation_matrix(small), (small[:, None] * sylvester_pm1(n)).bfloat16())
-        state = generator.get_state()  # one draw, thresholded in the kernel: the same matrix
-        expected = rotation_matrix(random_signs(n, generator, torch.device("cpu")))
-        generator.set_state(state)
-        assert torch.equal(random_rotation(n, generator, torch.device("cpu")), expected)
+        check_random_rotation(n, generator)
     seed = torch.randint(0, 2**62, (), generator=generator)
     g = _inputs(64, 256, torch.float32, generator)
     packed = quantize(_inputs(128, 48, torch.float32, generator), four_over_six=True).fp4

@@ -25,7 +25,8 @@ CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize(
-    "check", ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage", "linear_routes"]
+    "check",
+    ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage", "linear_routes"],
 )
 def test_kernel_matches_reference_in_triton_interpreter(check):
     _interpret(check)
@@ -100,29 +101,33 @@ def test_blackwell_gemm_compiles_to_native_nvfp4_mma():
 
 @pytest.mark.parametrize("out", ["bf16", "fp32"])
 def test_hopper_tma_gemm_is_fed_by_tma_and_stores_through_it(out):
-    """The shipped Hopper GEMM: TMA tile loads into wgmma, the scaled tile stored by TMA, with
-    the shared-memory budget of its pipeline (one stage less for float32 outputs) fitting."""
+    """The shipped Hopper GEMM: TMA tile loads into wgmma through descriptors built on the
+    device, with the shared-memory budget of its pipeline (one stage less for float32 outputs)
+    fitting."""
     constexprs, options = _split(config("tma_gemm"))
     bm, bn, bk = (constexprs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     if out == "fp32":
         options["num_stages"] -= 1
     signature = {
-        "a_desc": f"tensordesc<bf16[{bm}, {bk}]>",
-        "b_desc": f"tensordesc<bf16[{bn}, {bk}]>",
-        "c_desc": f"tensordesc<{out}[{bm}, {bn // 2}]>",
+        "a_ptr": "*bf16",
+        "b_ptr": "*bf16",
+        "c_ptr": f"*{out}",
         "scale_a_ptr": "*fp32",
         "scale_b_ptr": "*fp32",
         "bias_ptr": "*bf16",
         "M": "i32",
         "N": "i32",
         "K": "i32",
+        "stride_a": "i32",
+        "stride_b": "i32",
+        "stride_c": "i32",
         "programs": "i32",
     }
     compiled = _compile(gemm._tma_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 90, **options)
     ptx = compiled.asm["ptx"]
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
     assert re.search(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global", ptx)
-    assert re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared::cta", ptx)
+    assert "tensormap.replace" in ptx  # the descriptors are built on the device
     assert compiled.metadata.shared <= 227 * 1024
 
 
@@ -147,23 +152,27 @@ def _assert_exact_rounding(kernel, signature: dict[str, str], constexprs: dict) 
     return ptx
 
 
+_QUANTIZE_SIGNATURE = {
+    "x_ptr": "*bf16",
+    "rows": "i32",
+    "cols": "i32",
+    "stride_r": "i32",
+    "stride_c": "i32",
+    "stats_ptr": "*fp32",
+    "stats_row": "i32",
+    "codes_ptr": "*u8",
+    "scales_ptr": "*u8",
+    "deq_ptr": "*bf16",
+    "tensor_scale_ptr": "*fp32",
+    "value_max": "fp32",
+    "value_max_times_scale_max": "fp32",
+    "alt_factor": "fp32",
+}
+
+
 @pytest.mark.parametrize(("four_over_six", "tile_2d"), [(False, False), (True, False), (False, True)])
 def test_quantize_kernel_ptx_rounds_exactly(four_over_six, tile_2d):
-    signature = {
-        "x_ptr": "*bf16",
-        "rows": "i32",
-        "cols": "i32",
-        "stride_r": "i32",
-        "stride_c": "i32",
-        "stats_ptr": "*fp32",
-        "codes_ptr": "*u8",
-        "scales_ptr": "*u8",
-        "deq_ptr": "*bf16",
-        "tensor_scale_ptr": "*fp32",
-        "value_max": "fp32",
-        "value_max_times_scale_max": "fp32",
-        "alt_factor": "fp32",
-    }
+    signature = _QUANTIZE_SIGNATURE
     constexprs = {
         "FOUR_OVER_SIX": four_over_six,
         "TILE_2D": tile_2d,
@@ -187,6 +196,7 @@ _MS_EDEN_SIGNATURE = {
     "stride_r": "i32",
     "stride_c": "i32",
     "stats_ptr": "*fp32",
+    "stats_row": "i32",
     "seed_ptr": "*i64",
     "codes_ptr": "*u8",
     "scales_ptr": "*u8",
@@ -321,3 +331,56 @@ def test_native_gemm_needs_datacenter_blackwell_and_a_passed_check(monkeypatch):
     with pytest.warns(UserWarning, match="GPU 2 .*relative error.*bf16-operand route"):
         assert not blackwell.native_gemm_available(torch.device("cuda", 2))
     assert checks == [1, 2]
+
+
+def _quantize_case(**constexprs):
+    return quantize._quantize_kernel, _QUANTIZE_SIGNATURE, {"STORE_CODES": True, "STORE_DEQ": True, **constexprs}
+
+
+def _ms_eden_case(packed: bool):
+    signature = {**_MS_EDEN_SIGNATURE, "src_ptr": "*u8" if packed else "*bf16"}
+    constexprs = {"AMAX_PASS": False, "PACKED": packed, "SPLITS": 1, "EMULATED": False, "STORE_CODES": not packed,
+                  "STORE_DEQ": packed, "DEBUG": False, "BLOCK_R": 64}  # fmt: skip
+    return ms_eden._ms_eden_kernel, signature, constexprs
+
+
+def _nvidia_case(rotate: bool):
+    signature = {k: v for k, v in _MS_EDEN_SIGNATURE.items() if k not in ("src_scales_ptr", "src_tensor_scale_ptr")}
+    constexprs = {"AMAX_PASS": False, "ROTATE": rotate, "STOCHASTIC": True, "SPLITS": 1, "EMULATED": False,
+                  "STORE_CODES": False, "STORE_DEQ": True, "DEBUG": False, "BLOCK_R": 32, "BLOCK_C": 128}  # fmt: skip
+    return nvidia._nvidia_kernel, signature, constexprs
+
+
+EXACT_KERNELS = {
+    "quantize rtn": _quantize_case(FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
+    "quantize 4/6": _quantize_case(FOUR_OVER_SIX=True, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
+    "quantize 16x16 tiles": _quantize_case(FOUR_OVER_SIX=False, TILE_2D=True, BLOCK_R=16, BLOCK_C=128),
+    "ms-eden quantize pass": _ms_eden_case(packed=False),
+    "ms-eden re-quantize pass": _ms_eden_case(packed=True),
+    "nvidia sr": _nvidia_case(rotate=False),
+    "nvidia rht-16 + sr": _nvidia_case(rotate=True),
+}
+
+
+def _sass(compiled, path: Path) -> list[str]:
+    """The kernel's machine instructions, without addresses (Triton's bundled cuobjdump)."""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("Triton's bundled cuobjdump is not installed")
+    path.write_bytes(compiled.asm["cubin"])
+    text = subprocess.run([str(cuobjdump), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+    return [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", line).split(";")[0] for line in text.splitlines()
+            if re.match(r"^\s*/\*[0-9a-f]{4,}\*/", line)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EXACT_KERNELS)
+def test_exact_kernels_compile_to_the_same_code_with_fp_fusion_on(name, tmp_path):
+    """Inductor compiles the kernels it launches from a compiled graph with FP fusion on (it
+    does not pass ``enable_fp_fusion=False`` on), which may contract a multiply and an add into
+    an FMA the reference does not perform. The kernels write such products as ``mul_rn``, so
+    their sm_90 machine code is the same either way."""
+    kernel, signature, constexprs = EXACT_KERNELS[name]
+    unfused = _sass(_compile(kernel, signature, constexprs, 90, num_warps=4, **quantize.EXACT), tmp_path / "a")
+    fused = _sass(_compile(kernel, signature, constexprs, 90, num_warps=4, enable_fp_fusion=True), tmp_path / "b")
+    assert len(unfused) > 100 and any(op.startswith("FFMA") for op in unfused)
+    assert fused == unfused

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..nvfp4.format import E4M3_MAX, NVFP4Tensor
 from .configs import config
 from .gemm import scaled_store
-from .launch import cdiv, launch
+from .launch import cdiv, run
 
 
 @triton.jit
@@ -73,7 +73,7 @@ def dot_scaled_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias
     cfg = config("blackwell_gemm", a.codes.device)
     c = torch.empty(m, n, dtype=out_dtype, device=a.codes.device)
     grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(n, cfg["BLOCK_N"]))
-    launch(
+    run(
         dot_scaled_gemm_kernel,
         grid,
         a.codes,

@@ -14,8 +14,9 @@ import triton.language as tl
 from torch import Tensor
 
 from ..nvfp4.format import BLOCK, NVFP4Tensor
+from ..nvfp4.numerics import misaligned
 from .configs import config
-from .launch import cdiv, launch
+from .launch import cdiv, run
 from .nvfp4_math import e2m1_value, e4m3_value
 
 
@@ -53,13 +54,13 @@ def dequantize_unscaled(q: NVFP4Tensor, *, transpose: bool = False, dtype: torch
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"the unscaled operand is exact in bf16, fp16 or float32, not {dtype}")
     rows, cols = q.codes.shape[0], 2 * q.codes.shape[1]
-    if cols % BLOCK:
+    if misaligned(cols, BLOCK):
         raise ValueError(f"NVFP4 rows hold whole 16-blocks, got {cols} columns")
     out = torch.empty((cols, rows) if transpose else (rows, cols), dtype=dtype, device=q.codes.device)
     if out.numel():
         cfg = config("dequantize", q.codes.device)
         grid = (cdiv(rows, cfg["BLOCK_R"]), cdiv(cols, cfg["BLOCK_C"]))
-        launch(
+        run(
             _dequantize_kernel,
             grid,
             q.codes,

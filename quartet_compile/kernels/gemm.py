@@ -17,10 +17,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .configs import config
-from .launch import cdiv, launch
+from .launch import cdiv, run, traced
 
 
 @triton.jit
@@ -52,15 +51,18 @@ def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _tma_gemm_kernel(
-    a_desc,
-    b_desc,
-    c_desc,
+    a_ptr,
+    b_ptr,
+    c_ptr,
     scale_a_ptr,
     scale_b_ptr,
     bias_ptr,
     M,
     N,
     K,
+    stride_a,
+    stride_b,
+    stride_c,
     programs,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -69,11 +71,16 @@ def _tma_gemm_kernel(
     GROUP_M: tl.constexpr,
 ):
     """Persistent: ``programs`` programs walk the output tiles; TMA loads (zero-filled past the
-    edges) feed wgmma, and the epilogue stores the tile as two column halves to keep its
-    shared-memory staging small enough for four pipeline stages."""
+    edges) feed wgmma, and the epilogue scales the tile and stores it as two column halves with
+    masked stores (halves keep the store's shared-memory staging within budget). The
+    TMA descriptors are built on the device (in a global scratch buffer), so that a compiled
+    graph launches the kernel with plain pointers; the output is written by ``tl.store``, which
+    PyTorch's analysis of a traced launch sees as a write (some releases miss writes through
+    descriptors)."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, [M, K], [stride_a, 1], [BLOCK_M, BLOCK_K])
+    b_desc = tl.make_tensor_descriptor(b_ptr, [N, K], [stride_b, 1], [BLOCK_N, BLOCK_K])
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
-    scale = tl.load(scale_a_ptr) * tl.load(scale_b_ptr)
     for tile in tl.range(tl.program_id(0), grid_m * grid_n, programs, flatten=True):
         pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
         m0 = pid_m * BLOCK_M
@@ -82,10 +89,11 @@ def _tma_gemm_kernel(
         for k0 in range(0, K, BLOCK_K):
             acc = tl.dot(a_desc.load([m0, k0]), b_desc.load([n0, k0]).T, acc)
         left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        m = m0 + tl.arange(0, BLOCK_M)
         n = n0 + tl.arange(0, BLOCK_N // 2)
-        c_desc.store([m0, n0], _scaled(left, scale, bias_ptr, n, N, HAS_BIAS).to(c_desc.dtype))
-        right = _scaled(right, scale, bias_ptr, n + BLOCK_N // 2, N, HAS_BIAS)
-        c_desc.store([m0, n0 + BLOCK_N // 2], right.to(c_desc.dtype))
+        scaled_store(left, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_c, HAS_BIAS)
+        n += BLOCK_N // 2
+        scaled_store(right, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_c, HAS_BIAS)
 
 
 @triton.jit
@@ -137,18 +145,23 @@ def tma_gemm(
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     tiles = cdiv(m, bm) * cdiv(n, bn)
     programs = min(tiles, _multiprocessors(c.device))
-    launch(
+    if not traced((a_unscaled,)):
+        triton.set_allocator(_scratch)  # per thread: the backward runs in autograd's own thread
+    run(
         _tma_gemm_kernel,
         (programs,),
-        TensorDescriptor.from_tensor(a_unscaled, [bm, bk]),
-        TensorDescriptor.from_tensor(b_unscaled, [bn, bk]),
-        TensorDescriptor.from_tensor(c, [bm, bn // 2]),
+        a_unscaled,
+        b_unscaled,
+        c,
         scale_a,
         scale_b,
         bias,
         m,
         n,
         k,
+        a_unscaled.stride(0),
+        b_unscaled.stride(0),
+        c.stride(0),
         programs,
         HAS_BIAS=bias is not None,
         BLOCK_M=bm,
@@ -157,6 +170,12 @@ def tma_gemm(
         **cfg,
     )
     return c
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> Tensor:
+    """Triton's global scratch (where the kernel builds its TMA descriptors) from PyTorch's
+    caching allocator, as Inductor allocates it for the kernels it launches."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 @functools.cache
@@ -176,8 +195,19 @@ def tma_compatible(a_unscaled: Tensor, b_unscaled: Tensor, out_dtype: torch.dtyp
     if min(*a_unscaled.shape, *b_unscaled.shape) == 0:
         return False
     rows_ok = all(t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (a_unscaled, b_unscaled))
-    aligned = all(t.data_ptr() % 16 == 0 for t in (a_unscaled, b_unscaled))
-    return rows_ok and aligned and (b_unscaled.shape[0] * out_dtype.itemsize) % 16 == 0
+    return (
+        rows_ok
+        and all(map(_aligned, (a_unscaled, b_unscaled)))
+        and (b_unscaled.shape[0] * out_dtype.itemsize) % 16 == 0
+    )
+
+
+def _aligned(t: Tensor) -> bool:
+    """Whether ``t`` starts 16-byte aligned. While a graph is traced there is no address: a
+    tensor at offset 0 of its storage is aligned, as every allocation is."""
+    if traced((t,)):
+        return t.storage_offset() == 0
+    return t.data_ptr() % 16 == 0
 
 
 TMA_MIN_WAVE = 0.75
@@ -231,7 +261,7 @@ def cublas_gemm(
     c = _output(m, n, acc, out_dtype)
     cfg = config("scale_epilogue", acc.device)
     grid = (cdiv(m, cfg["BLOCK_M"]), cdiv(n, cfg["BLOCK_N"]))
-    launch(
+    run(
         _scale_epilogue_kernel,
         grid,
         acc,

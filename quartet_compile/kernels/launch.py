@@ -1,4 +1,6 @@
-"""Kernel launches that skip most of ``JITFunction.__getitem__``'s per-call host work.
+"""Kernel launches: from compiled graphs through ``torch.library.wrap_triton`` (:func:`run`),
+otherwise through a cache that skips most of ``JITFunction.__getitem__``'s per-call host work
+(:func:`launch`).
 
 Every launch through ``kernel[grid](...)`` re-derives the kernel's specialization from every
 argument, hashes it and checks the kernel's globals, which a quantized layer pays for each of its
@@ -20,7 +22,8 @@ import torch
 from triton import knobs
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
-from triton.tools.tensor_descriptor import TensorDescriptor
+
+from .mutation_analysis import reuse_ttir_of_our_kernels
 
 _POINTER_ALIGNMENT = 16
 """Triton specializes pointer arguments on divisibility by 16 bytes."""
@@ -41,9 +44,6 @@ def cdiv(a: int, b: int) -> int:
 def _other_signature(arg: Any) -> Any:
     if isinstance(arg, float):
         return float  # every Python float is passed as fp32, never specialized on its value
-    if isinstance(arg, TensorDescriptor):
-        base = arg.base
-        return base.dtype, base.data_ptr() % _POINTER_ALIGNMENT, *arg.shape, *arg.strides, *arg.block_shape, arg.padding
     return arg.__class__, arg
 
 
@@ -116,3 +116,35 @@ def launch(kernel: JITFunction, grid: tuple[int, ...], *args: Any, **options: An
         *args,
         *trailing,
     )
+
+
+_DROPPED_WHEN_TRACED = ("enable_fp_fusion", "maxnreg")
+"""Launch options that Inductor's launches of user kernels do not pass on: the kernels enforce
+the reference's rounding themselves (``nvfp4_math.mul_rn``), and a register cap only tunes speed."""
+
+
+def traced(args: tuple) -> bool:
+    """Whether a graph is being traced: tensors are fake or functional stand-ins (Python
+    subclasses, or the wrappers of ``torch.func.functionalize``)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return any(
+        isinstance(arg, (FakeTensor, FunctionalTensor))
+        or (isinstance(arg, torch.Tensor) and torch._is_functional_tensor(arg))
+        for arg in args
+    )
+
+
+def run(kernel: JITFunction, grid: tuple, *args: Any, **options: Any) -> None:
+    """Launch ``kernel``: recorded through ``torch.library.wrap_triton`` while a graph is traced,
+    so that the compiled graph launches it from generated code, with no Python of ours at run
+    time; otherwise through :func:`launch`."""
+    if traced(args):
+        from torch.library import wrap_triton
+
+        reuse_ttir_of_our_kernels()
+        kept = {k: v for k, v in options.items() if k not in _DROPPED_WHEN_TRACED}
+        wrap_triton(kernel)[grid](*args, **kept)
+        return
+    launch(kernel, grid, *args, **options)

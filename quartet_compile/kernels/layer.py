@@ -15,10 +15,11 @@ the reduction is a multiple of 128; otherwise they write the exact unscaled bf16
 precision, so both keep the bf16 route.
 
 Randomness of the backward comes from ``source`` (PyTorch's default CUDA generator unless a
-stream of the backend's own is given): the rotation signs (128 for MS-EDEN, 16 for ``nvidia``),
-then one Philox seed per stochastically quantized operand, drawn as device tensors, so CUDA-graph
-replays draw fresh values. The backward draws the signs in one launch, zeroes the amax scratch
-buffers of all its quantizers in one, and splits seeds and buffers with one ``unbind`` each.
+stream of the backend's own is given) as one draw of int64 Philox seeds, a device tensor, so
+CUDA-graph replays draw fresh values: one seed per stochastically quantized operand, then one
+from which the rotation kernel draws the signs (128 for MS-EDEN, 16 for ``nvidia``). That launch
+also zeroes the amax rows of all the backward's quantizers; the forward's two quantizers share
+one zeroed buffer.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .dequantize import dequantize_unscaled
 from .gemm import unscaled_gemm
 from .ms_eden import ms_eden
 from .nvidia import nvidia_quantize
-from .quantize import Quantized, quantize
+from .quantize import Quantized, quantize, stats_scratch
 from .rotation import random_rotation
 
 
@@ -70,8 +71,11 @@ def forward(
     nvidia = numerics.forward is ForwardQuant.NVIDIA
     route = operands(native, x.shape[1])
     codes, unscaled_bf16 = route["codes"] or not nvidia, route["unscaled_bf16"]
-    xq = quantize(x, four_over_six=four_over_six, codes=codes, unscaled_bf16=unscaled_bf16)
-    wq = quantize(weight, four_over_six=four_over_six, tile_2d=nvidia, unscaled_bf16=unscaled_bf16)
+    stats = stats_scratch(2, x.device)
+    xq = quantize(x, four_over_six=four_over_six, codes=codes, unscaled_bf16=unscaled_bf16, stats=stats)
+    wq = quantize(
+        weight, four_over_six=four_over_six, tile_2d=nvidia, unscaled_bf16=unscaled_bf16, stats=stats, stats_row=1
+    )
     saved = Saved(x=x, wq=wq.fp4) if numerics.saves_x else Saved(xq=xq.fp4, wq=wq.fp4)
     return nvfp4_gemm(xq, wq, x.dtype, bias), saved
 
@@ -82,29 +86,38 @@ def _ms_eden_gemm(
     b: NVFP4Tensor,
     rotation: Tensor,
     seeds: Sequence[Tensor],
-    stats: Sequence[Tensor],
+    stats: Tensor,
+    stats_row: int,
     out_dtype: torch.dtype,
     native: bool,
 ) -> Tensor:
     """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction;
-    ``seeds``: two 0-d seed tensors; ``stats``: two zeroed amax scratch rows."""
+    ``seeds``: two 0-d seed tensors; ``stats``: zeroed amax rows ``stats_row`` and the next."""
     options = operands(native, b.codes.shape[0])
-    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, stats=stats[0], **options)
-    bq = ms_eden(b, rotation, seeds[1], transpose=True, stats=stats[1], **options)
+    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, stats=stats, stats_row=stats_row, **options)
+    bq = ms_eden(b, rotation, seeds[1], transpose=True, stats=stats, stats_row=stats_row + 1, **options)
     return nvfp4_gemm(aq, bq, out_dtype)
 
 
+def _randomness(count: int, source: RandomSource, device: torch.device) -> list[Tensor]:
+    """``count`` int64 Philox seeds as 0-d device tensors, in one draw from ``source``: one per
+    stochastically quantized operand, then one for the rotation signs."""
+    generator = as_generator(source, device)
+    drawn_by = {} if generator is None else {"generator": generator}  # the default stream traces as one op
+    return list(torch.randint(0, 2**62, (count,), device=device, **drawn_by).unbind())
+
+
 def _backward_ms_eden(grad, saved, dtypes, needs, source, native):
-    """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T)."""
-    generator = as_generator(source, grad.device)
-    rotation = random_rotation(EDEN_GROUP, generator, grad.device)
-    seeds = torch.randint(0, 2**62, (4,), generator=generator, device=grad.device).unbind()
-    stats = torch.zeros(4, 2, dtype=torch.float32, device=grad.device).unbind()
+    """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T). One draw of
+    five seeds; the rotation's launch also zeroes the four amax rows."""
+    seeds = _randomness(5, source, grad.device)
+    stats = torch.empty(4, 2, dtype=torch.float32, device=grad.device)
+    rotation = random_rotation(EDEN_GROUP, seeds[4], zero=stats)
     dx = dw = None
     if needs[0]:
-        dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], stats[:2], dtypes[0], native)
+        dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], stats, 0, dtypes[0], native)
     if needs[1]:
-        dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:], stats[2:], dtypes[1], native)
+        dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:4], stats, 2, dtypes[1], native)
     return dx, dw
 
 
@@ -127,18 +140,17 @@ def _backward_high_precision(grad, saved, dtypes, needs, source, native):
 def _backward_nvidia(grad, saved, dtypes, needs, source, native):
     """``nvidia``: SR of ``g`` against the saved 16x16-tile weight for dgrad; RHT-16 along the
     tokens, then SR of ``g^T`` and RTN of ``x^T``, for wgrad."""
-    generator = as_generator(source, grad.device)
-    rotation = random_rotation(NVIDIA_RHT_SIZE, generator, grad.device)
-    seeds = torch.randint(0, 2**62, (2,), generator=generator, device=grad.device).unbind()
-    stats = torch.zeros(3, 2, dtype=torch.float32, device=grad.device).unbind()
+    seeds = _randomness(3, source, grad.device)
+    stats = torch.empty(3, 2, dtype=torch.float32, device=grad.device)
+    rotation = random_rotation(NVIDIA_RHT_SIZE, seeds[2], zero=stats)
     dx = dw = None
     if needs[0]:
-        gq = nvidia_quantize(grad, seed=seeds[0], stats=stats[0], codes=False, unscaled_bf16=True)
+        gq = nvidia_quantize(grad, seed=seeds[0], stats=stats, stats_row=0, codes=False, unscaled_bf16=True)
         dx = _dequantized_gemm(gq.unscaled_bf16, saved.wq, gq.tensor_scale, dtypes[0])
     if needs[1]:
-        options = operands(native, grad.shape[0])
-        gtq = nvidia_quantize(grad, seed=seeds[1], rotation=rotation, transpose=True, stats=stats[1], **options)
-        xtq = nvidia_quantize(saved.x, seed=None, rotation=rotation, transpose=True, stats=stats[2], **options)
+        options = {**operands(native, grad.shape[0]), "rotation": rotation, "transpose": True, "stats": stats}
+        gtq = nvidia_quantize(grad, seed=seeds[1], stats_row=1, **options)
+        xtq = nvidia_quantize(saved.x, seed=None, stats_row=2, **options)
         dw = nvfp4_gemm(gtq, xtq, dtypes[1])
     return dx, dw
 

@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..nvfp4.format import BLOCK, E2M1_MAX, NVFP4Tensor
-from ..nvfp4.numerics import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE
+from ..nvfp4.numerics import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE, misaligned
 from .configs import config
 from .launch import cdiv
 from .nvfp4_math import (
@@ -35,12 +35,13 @@ from .nvfp4_math import (
     e4m3_sr,
     e4m3_value,
     fast_division_ok,
+    mul_rn,
     published_tensor_scale,
     round_half_block,
     store_half_blocks,
     tree_sum8,
 )
-from .quantize import Outputs, Quantized, two_passes
+from .quantize import Outputs, Quantized, stats_scratch, two_passes
 from .rotation import SPLITS, dot_split
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
@@ -126,8 +127,8 @@ def _eden_blocks(lo, hi, s_t, value_max, uniforms, FAST: tl.constexpr):
     s_b, d, inv_d = block_scale(target, s_t, tl.math.div_rn(1.0, s_t), FAST)
     u_lo, q_lo, code_lo = round_half_block(lo, d, inv_d, FAST)
     u_hi, q_hi, code_hi = round_half_block(hi, d, inv_d, FAST)
-    numerator = tree_sum8(tree_sum8(u_lo * u_lo) + tree_sum8(u_hi * u_hi))
-    denominator = tree_sum8(tree_sum8(u_lo * q_lo) + tree_sum8(u_hi * q_hi))
+    numerator = tree_sum8(tree_sum8(mul_rn(u_lo, u_lo)) + tree_sum8(mul_rn(u_hi, u_hi)))
+    denominator = tree_sum8(tree_sum8(mul_rn(u_lo, q_lo)) + tree_sum8(mul_rn(u_hi, q_hi)))
     safe = tl.where(denominator == 0.0, 1.0, denominator)
     correction = tl.where(denominator == 0.0, 1.0, tl.math.div_rn(numerator, safe))
     s_b = e4m3_sr(s_b * correction[:, None], uniforms)
@@ -147,6 +148,7 @@ def _ms_eden_kernel(
     stride_r,
     stride_c,
     stats_ptr,
+    stats_row,
     seed_ptr,
     codes_ptr,
     scales_ptr,
@@ -165,6 +167,7 @@ def _ms_eden_kernel(
     DEBUG: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
+    stats_ptr += 2 * stats_row
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = r < rows
     c0 = tl.program_id(1) * 128
@@ -234,6 +237,7 @@ def ms_eden(
     unscaled_bf16: bool = False,
     debug: dict[str, Tensor] | None = None,
     stats: Tensor | None = None,
+    stats_row: int = 0,
 ) -> Quantized:
     """MS-EDEN of ``operand`` (or of ``operand.T`` with ``transpose``) along its last dim.
 
@@ -243,8 +247,8 @@ def ms_eden(
     per block: block ``b = row * (cols/16) + column/16`` takes output ``b % 4`` of the draw at
     offset ``b // 4``). ``debug``: filled with the kernel's
     ``rotated`` tensor and ``uniforms`` for bit-exact comparison with the reference.
-    ``stats``: a zeroed float32 ``[2]`` scratch for the amax pass, so that a caller quantizing
-    several operands zeroes one buffer for all of them (one launch instead of one each).
+    ``stats``, ``stats_row``: a row of a zeroed :func:`.quantize.stats_scratch` for the amax
+    pass, so that a caller quantizing several operands zeroes one buffer for all of them.
     """
     packed = isinstance(operand, NVFP4Tensor)
     if packed:
@@ -258,12 +262,12 @@ def ms_eden(
         rows, cols = src.shape
         device, strides = src.device, (src.stride(0), src.stride(1))
         splits = SPLITS[src.dtype]
-    if cols % EDEN_GROUP or rows % BLOCK:
+    if misaligned(cols, EDEN_GROUP) or misaligned(rows, BLOCK):
         raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
     out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
     rotated, uniforms = out.debug_buffers(debug, cols // BLOCK)
     if stats is None:
-        stats = torch.zeros(2, dtype=torch.float32, device=device)
+        stats = stats_scratch(1, device)
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
     cfg = config("ms_eden", device)
     args = (
@@ -276,6 +280,7 @@ def ms_eden(
         cols,
         *strides,
         stats,
+        stats_row,
         seed,
         out.codes,
         out.scales,

@@ -1,18 +1,26 @@
-"""Triton device functions for the NVFP4 element formats, bit-for-bit equal to
-``quartet_compile.reference.formats`` and the reference quantizers' float32 operation order.
+"""Triton device functions for the NVFP4 element formats, bit-for-bit equal to the reference's
+rounding (``reference.rounding``) and its quantizers' float32 operation order.
 
 Rounding to E4M3 is integer bit manipulation plus one exact float32 add, never a
 ``float32 -> float8e4nv`` conversion (the Triton interpreter mis-rounds those near powers
 of two). Every division is correctly rounded: ``div_rn`` (Triton's ``/`` on float32 is
-approximate) or the exact fast path of :func:`divide`. The kernels that call these helpers
-are launched with ``enable_fp_fusion=False`` so that no multiply-add is contracted into an
-FMA that the reference does not perform.
+approximate) or the exact fast path of :func:`divide`. No multiply whose product feeds an add
+is left for the compiler to contract into an FMA the reference does not perform: those products
+are :func:`mul_rn`, so a kernel computes the same numbers whatever its launch options (Inductor
+compiles user kernels with FP fusion on; a CPU test compares the machine code of the quantize
+kernels compiled with fusion on and off).
 """
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+"""Kernels run in the Triton interpreter (the CPU tests), which rounds every operation on its own
+and has no PTX."""
 
 E4M3_MIN_NORMAL = tl.constexpr(0.015625)  # 2**-6
 # Adding 2**14 to a float32 below 2**-6 rounds it, half to even, to a multiple of
@@ -30,6 +38,18 @@ FAST_DIVISION_SCALE_MIN = tl.constexpr(2.0**-64)
 FAST_DIVISION_SCALE_MAX = tl.constexpr(2.0**64)
 """Tensor scales for which every divisor of a block pass (``s_b s_t`` with ``s_b`` an E4M3
 value) and its reciprocal are normal floats far from overflow."""
+
+
+@triton.jit
+def mul_rn(a, b):
+    """float32 ``a * b`` rounded on its own: PTX ``mul.rn``, which no compiler pass contracts
+    with a following add into an FMA."""
+    if INTERPRETED:
+        return a * b
+    else:
+        return tl.inline_asm_elementwise(
+            "mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1
+        )
 
 
 @triton.jit
@@ -101,7 +121,7 @@ def e4m3_sr(v, uniform):
     e = _e4m3_ulp_exponent(v)
     ulp = ((e + 127) << 23).to(tl.float32, bitcast=True)
     inv_ulp = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    low = tl.floor(v * inv_ulp) * ulp
+    low = mul_rn(tl.floor(v * inv_ulp), ulp)
     return tl.where(uniform < (v - low) * inv_ulp, low + ulp, low)
 
 
@@ -156,7 +176,7 @@ def e2m1_sr(u, uniform):
     spacing = tl.where(m < 2.0, 0.5, tl.where(m < 4.0, 1.0, 2.0))
     inv_spacing = tl.where(m < 2.0, 2.0, tl.where(m < 4.0, 1.0, 0.5))
     steps = tl.floor(m * inv_spacing)
-    low = steps * spacing
+    low = mul_rn(steps, spacing)
     up = uniform < (m - low) * inv_spacing
     magnitude = tl.where(up, low + spacing, low)
     sign = u.to(tl.int32, bitcast=True) & -0x80000000
@@ -181,7 +201,10 @@ def e2m1_value(code):
 
 @triton.jit
 def block_target(lo, hi, value_max, FAST: tl.constexpr):
-    """Target scale ``max |block| / value_max`` of blocks held as halves ``[R, NB, 8]``."""
+    """Target scale ``max |block| / value_max`` of blocks held as halves ``[R, NB, 8]``.
+    (Scalar arguments are cast to float32 here and below: Inductor passes Python floats to
+    kernels as float64, Triton's own launcher as float32.)"""
+    value_max = tl.cast(value_max, tl.float32)
     amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
     return divide(amax, value_max, tl.math.div_rn(1.0, value_max), FAST)
 
@@ -256,7 +279,7 @@ def tree_sum8(t):
 def tensor_scale(amax, value_max_times_scale_max):
     """``s_t`` of SPEC 2 from the tensor amax: 1 for an all-zero tensor, held at the smallest
     normal float32, NaN for non-finite input (amax is +inf then)."""
-    s_t = tl.maximum(tl.math.div_rn(amax, value_max_times_scale_max), FP32_MIN_NORMAL)
+    s_t = tl.maximum(tl.math.div_rn(amax, tl.cast(value_max_times_scale_max, tl.float32)), FP32_MIN_NORMAL)
     s_t = tl.where(amax == 0.0, 1.0, s_t)
     return tl.where(amax == float("inf"), float("nan"), s_t)
 

@@ -16,13 +16,12 @@ elements).
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from ..nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX
-from ..nvfp4.numerics import NVIDIA_RHT_SIZE, SR_SCALE_OVERRIDE
+from ..nvfp4.numerics import NVIDIA_RHT_SIZE, SR_SCALE_OVERRIDE, misaligned
 from .configs import config
 from .launch import cdiv
 from .nvfp4_math import (
@@ -36,7 +35,7 @@ from .nvfp4_math import (
     round_half_block,
     store_half_blocks,
 )
-from .quantize import Outputs, Quantized, two_passes
+from .quantize import Outputs, Quantized, stats_scratch, two_passes
 from .rotation import SPLITS, dot_split
 
 
@@ -106,6 +105,7 @@ def _nvidia_kernel(
     stride_r,
     stride_c,
     stats_ptr,
+    stats_row,
     seed_ptr,
     codes_ptr,
     scales_ptr,
@@ -126,6 +126,7 @@ def _nvidia_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    stats_ptr += 2 * stats_row
     NB: tl.constexpr = BLOCK_C // 16
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     blocks = tl.program_id(1) * NB + tl.arange(0, NB)
@@ -196,14 +197,16 @@ def nvidia_quantize(
     unscaled_bf16: bool = False,
     debug: dict[str, Tensor] | None = None,
     stats: Tensor | None = None,
+    stats_row: int = 0,
 ) -> Quantized:
     """NVFP4 of ``operand`` (or ``operand.T`` with ``transpose``, a strided read) along its last
     dimension, rotated first by ``rotation`` (a ``[16, 16]`` ``D H`` from :mod:`.rotation`) on
     every group of 16 when given: E2M1 SR with the 17/16 scale headroom when ``seed`` (an
     int64 0-d device tensor) is given, else RTN. ``debug``: filled with the kernel's
-    ``rotated`` tensor and SR ``uniforms``. ``stats``: a zeroed float32 ``[2]`` amax scratch."""
+    ``rotated`` tensor and SR ``uniforms``. ``stats``, ``stats_row``: a row of a zeroed
+    :func:`.quantize.stats_scratch` for the amax pass."""
     src = operand.T if transpose else operand
-    if src.dim() != 2 or src.shape[1] % BLOCK:
+    if src.dim() != 2 or misaligned(src.shape[1], BLOCK):
         raise ValueError(f"the nvidia quantizers need a 2-D operand with cols % 16 == 0, got {tuple(src.shape)}")
     if rotation is not None and rotation.shape != (NVIDIA_RHT_SIZE, NVIDIA_RHT_SIZE):
         raise ValueError(
@@ -215,7 +218,7 @@ def nvidia_quantize(
     out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
     rotated, uniforms = out.debug_buffers(debug, cols if stochastic else None)
     if stats is None:
-        stats = torch.zeros(2, dtype=torch.float32, device=device)
+        stats = stats_scratch(1, device)
     if not src.numel():
         out.tensor_scale.fill_(1.0)
         return out.result(src.shape, src.dtype)
@@ -229,6 +232,7 @@ def nvidia_quantize(
         cols,
         *src.stride(),
         stats,
+        stats_row,
         seed,
         out.codes,
         out.scales,

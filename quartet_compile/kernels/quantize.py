@@ -17,14 +17,15 @@ import triton.language as tl
 from torch import Tensor
 
 from ..nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX, NVFP4Tensor
-from ..nvfp4.numerics import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE_MAX
+from ..nvfp4.numerics import FOUR_OVER_SIX_ALT_FACTOR, FOUR_OVER_SIX_SCALE_MAX, misaligned
 from .configs import config
-from .launch import cdiv, launch
+from .launch import cdiv, run
 from .nvfp4_math import (
     accumulate_stats,
     block_scale,
     block_target,
     fast_division_ok,
+    mul_rn,
     published_tensor_scale,
     round_half_block,
     store_half_blocks,
@@ -36,22 +37,32 @@ EXACT = {"enable_fp_fusion": False}
 
 
 @triton.jit
-def _stats_kernel(x_ptr, n, stats_ptr, BLOCK_SIZE: tl.constexpr):
-    """``stats_ptr`` (pre-zeroed float32[2]) <- ``[max |x|, 1 if some 0 < |x| < FAST_DIVISION_MIN]``.
-    NaN counts as +inf so that non-finite input yields a NaN tensor scale downstream; the flag
-    sends the block pass to exact per-element division (:func:`nvfp4_math.divide`)."""
+def _stats_kernel(x_ptr, n, stats_ptr, stats_row, BLOCK_SIZE: tl.constexpr):
+    """Row ``stats_row`` of ``stats_ptr`` (pre-zeroed float32 ``[rows, 2]``) <- ``[max |x|, 1 if
+    some 0 < |x| < FAST_DIVISION_MIN]``. NaN counts as +inf so that non-finite input yields a NaN
+    tensor scale downstream; the flag sends the block pass to exact per-element division
+    (:func:`nvfp4_math.divide`)."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    accumulate_stats(tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32), stats_ptr)
+    x = tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32)
+    accumulate_stats(x, stats_ptr + 2 * stats_row)
 
 
-def tensor_stats(x: Tensor) -> Tensor:
-    """float32 ``[amax, tiny]`` of :func:`_stats_kernel`, one read of ``x``."""
+def stats_scratch(rows: int, device: torch.device) -> Tensor:
+    """A zeroed float32 ``[rows, 2]`` buffer: one row of statistics per quantized operand, so that
+    the quantizers of a layer share one allocation and one fill."""
+    return torch.zeros(rows, 2, dtype=torch.float32, device=device)
+
+
+def tensor_stats(x: Tensor, stats: Tensor | None = None, stats_row: int = 0) -> Tensor:
+    """float32 ``[amax, tiny]`` of :func:`_stats_kernel`, one read of ``x``, into row
+    ``stats_row`` of ``stats`` (:func:`stats_scratch`; a fresh one when not given)."""
     x = x.contiguous()
-    stats = torch.zeros(2, dtype=torch.float32, device=x.device)
+    if stats is None:
+        stats = stats_scratch(1, x.device)
     if x.numel():
         cfg = config("stats", x.device)
-        launch(_stats_kernel, (cdiv(x.numel(), cfg["BLOCK_SIZE"]),), x, x.numel(), stats, **cfg)
-    return stats
+        run(_stats_kernel, (cdiv(x.numel(), cfg["BLOCK_SIZE"]),), x, x.numel(), stats, stats_row, **cfg)
+    return stats[stats_row]
 
 
 def tensor_amax(x: Tensor) -> Tensor:
@@ -65,7 +76,7 @@ def _round_half(x, s_b, d, inv_d, FAST: tl.constexpr):
     codes, and the block's pairwise sum of squared errors ``((u - q) s_b)^2``."""
     u, q, code = round_half_block(x, d, inv_d, FAST)
     err = (u - q) * s_b[:, :, None]
-    return q, code, tree_sum8(err * err)
+    return q, code, tree_sum8(mul_rn(err, err))
 
 
 @triton.jit
@@ -92,7 +103,7 @@ def _quantize_blocks(
     q_lo, code_lo, err_lo = _round_half(lo, s_b, d, inv_d, FAST)
     q_hi, code_hi, err_hi = _round_half(hi, s_b, d, inv_d, FAST)
     if FOUR_OVER_SIX:
-        s_alt, d_alt, inv_d_alt = block_scale(target * alt_factor, s_t, inv_s_t, FAST)
+        s_alt, d_alt, inv_d_alt = block_scale(target * tl.cast(alt_factor, tl.float32), s_t, inv_s_t, FAST)
         q_lo_alt, code_lo_alt, err_lo_alt = _round_half(lo, s_alt, d_alt, inv_d_alt, FAST)
         q_hi_alt, code_hi_alt, err_hi_alt = _round_half(hi, s_alt, d_alt, inv_d_alt, FAST)
         pick_alt = err_lo_alt + err_hi_alt < err_lo + err_hi
@@ -111,6 +122,7 @@ def _quantize_kernel(
     stride_r,
     stride_c,
     stats_ptr,
+    stats_row,
     codes_ptr,
     scales_ptr,
     deq_ptr,
@@ -138,6 +150,7 @@ def _quantize_kernel(
     lo = tl.load(lo_ptrs, mask=mask, other=0.0).to(tl.float32)
     hi = tl.load(lo_ptrs + 8 * stride_c, mask=mask, other=0.0).to(tl.float32)
 
+    stats_ptr += 2 * stats_row
     s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr)
 
     if fast_division_ok(stats_ptr, s_t):
@@ -231,11 +244,11 @@ def two_passes(kernel: Any, grid: tuple[int, ...], args: tuple, constexprs: dict
     (``AMAX_PASS``: the amax of the rotated operand into the stats buffer), then the quantize
     pass, which recomputes the (cheap) rotation rather than storing it."""
     for amax_pass in (True, False):
-        launch(kernel, grid, *args, AMAX_PASS=amax_pass, **constexprs, **EXACT)
+        run(kernel, grid, *args, AMAX_PASS=amax_pass, **constexprs, **EXACT)
 
 
 def _check_last_dim(x: Tensor, multiple: int) -> None:
-    if x.dim() != 2 or x.shape[1] % multiple:
+    if x.dim() != 2 or misaligned(x.shape[1], multiple):
         raise ValueError(
             f"NVFP4 kernels quantize 2-D tensors along a last dimension divisible by {multiple}, "
             f"got shape {tuple(x.shape)}"
@@ -249,21 +262,26 @@ def quantize(
     tile_2d: bool = False,
     codes: bool = True,
     unscaled_bf16: bool = False,
+    stats: Tensor | None = None,
+    stats_row: int = 0,
 ) -> Quantized:
     """RTN ("6") or 4/6 NVFP4 quantization of a 2-D CUDA tensor (any strides) along its last
     dimension; the numbers of ``reference.quantize_rtn`` / ``quantize_four_over_six``, or with
-    ``tile_2d`` of ``reference.quantize_rtn_2d`` (one scale per 16x16 tile, RTN only)."""
+    ``tile_2d`` of ``reference.quantize_rtn_2d`` (one scale per 16x16 tile, RTN only).
+    ``stats``, ``stats_row``: a row of a zeroed :func:`stats_scratch` for the statistics pass."""
     _check_last_dim(x, BLOCK)
     rows, cols = x.shape
-    if tile_2d and (four_over_six or rows % BLOCK):
+    if tile_2d and (four_over_six or misaligned(rows, BLOCK)):
         raise ValueError(f"16x16 block scaling is RTN only and needs rows % 16 == 0, got {rows} rows")
     cfg = config("quantize_tile_2d" if tile_2d else "quantize", x.device)
     scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
     out = Outputs.allocate(rows, cols, x.device, codes=codes, unscaled_bf16=unscaled_bf16)
-    stats = tensor_stats(x)
+    if stats is None:
+        stats = stats_scratch(1, x.device)
+    tensor_stats(x, stats, stats_row)
     if x.numel():
         grid = (cdiv(rows, cfg["BLOCK_R"]), cdiv(cols, cfg["BLOCK_C"]))
-        launch(
+        run(
             _quantize_kernel,
             grid,
             x,
@@ -272,6 +290,7 @@ def quantize(
             x.stride(0),
             x.stride(1),
             stats,
+            stats_row,
             out.codes,
             out.scales,
             out.unscaled_bf16,

@@ -9,7 +9,6 @@ constants of each (SPEC sections 2-3), what the forward saves and which shapes i
 from __future__ import annotations
 
 import enum
-import functools
 from dataclasses import dataclass
 
 from .format import BLOCK
@@ -25,6 +24,13 @@ EDEN_GROUP = 128
 """Length of the random Hadamard transform of MS-EDEN, and of its EDEN correction groups."""
 NVIDIA_RHT_SIZE = 16
 """Length of the random Hadamard transform of the ``nvidia`` recipe's weight gradient."""
+
+
+def misaligned(size: int, multiple: int) -> bool:
+    """Whether ``size`` is known not to be a multiple of ``multiple``. A symbolic size (a dynamic
+    dimension while a graph is traced) counts as aligned: the callers pad it, and testing it
+    would add a guard to the compiled graph."""
+    return isinstance(size, int) and size % multiple != 0
 
 
 class ForwardQuant(str, enum.Enum):
@@ -87,7 +93,7 @@ class Numerics:
         """Raise ``ValueError`` naming the dimension these numerics cannot take."""
         sizes = {"T": tokens, "K": in_features, "N": out_features}
         for dim, multiple in self.multiples.items():
-            if sizes[dim] % multiple:
+            if misaligned(sizes[dim], multiple):
                 raise ValueError(
                     f"{self} needs {dim} to be a multiple of {multiple}, "
                     f"got T={tokens}, K={in_features}, N={out_features}"
@@ -98,9 +104,9 @@ class Numerics:
         return f"{self.forward.name}/{self.backward.name}"
 
     @staticmethod
-    @functools.cache
     def decode(text: str) -> Numerics:
-        """Inverse of :meth:`encode` (cached: ops decode it on every call)."""
+        """Inverse of :meth:`encode` (about 1 us; uncached, so that Dynamo traces it where a
+        compiled model calls the eager API)."""
         forward, backward = text.split("/")
         return Numerics(ForwardQuant[forward], BackwardQuant[backward])
 

@@ -1,12 +1,16 @@
 """The ``quartet`` custom ops: a quantized linear layer whose forward and backward are single
-operators, so AOTAutograd traces both graphs with our ops and nothing opaque.
+operators, with fake and autograd registrations.
 
-``quartet::linear`` returns the output and the FP4 tensors the backward needs (the layout of
-:class:`~quartet_compile.nvfp4.Saved`); ``quartet::linear_backward`` computes ``(dx, dW)``. Both
-run the implementation their ``implementation`` argument names (:mod:`.routing` decided it).
+Two pairs, one body: ``quartet::linear`` / ``quartet::linear_backward`` run any implementation
+(:mod:`.routing` decided it) with any random stream, as opaque operators whose Python runs at
+every call; ``quartet::linear_triton`` / ``quartet::linear_triton_backward`` run the Triton
+kernels with PyTorch's default generator as ``triton_op`` operators, which a compiled graph
+decomposes into kernel launches that Inductor makes from generated code. The forward returns the
+output and the FP4 tensors the backward needs (the layout of :class:`~quartet_compile.nvfp4.Saved`).
+
 :func:`quantized_linear` is what compiled graphs and the eager API call: it applies autocast the
-way ``F.linear`` would and zero-pads shapes the numerics cannot take (padding leaves every
-product unchanged), so the ops only ever see aligned shapes.
+way ``F.linear`` would, zero-pads shapes the numerics cannot take (padding leaves every product
+unchanged), so the ops only ever see aligned shapes, and picks the pair.
 """
 
 from __future__ import annotations
@@ -42,42 +46,91 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-_LIBRARY = torch.library.Library("quartet", "DEF")
-"""The ops are defined with ``torch.library.Library`` rather than ``torch.library.custom_op``,
-whose wrapper adds Python layers (an aliasing check, a Dynamo guard) to every call. Our
-implementations always return fresh tensors, which is what the aliasing check verifies."""
-
-
-def _define(name: str, fn: Any) -> None:
-    """Define ``quartet::<name>`` with the schema of ``fn``'s type hints, implemented by ``fn``
-    for every device (it dispatches to the implementation itself)."""
-    _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=()))
-    _LIBRARY.impl(name, fn, "CompositeExplicitAutograd")
-
-
 def _forward(
-    x: Tensor, weight: Tensor, bias: Tensor | None, numerics: str, implementation: str, rng: int
+    x: Tensor, weight: Tensor, bias: Tensor | None, numerics: str, implementation: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``x [T, K] @ weight [N, K]^T + bias`` -> ``(y, x codes, x scales, x tensor scale, the
     same three for the weight)``; FP4 parts the numerics' backward does not read are empty."""
-    layer = _layer(implementation)
     options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
     with _no_autocast(x.device):
-        y, saved = layer.forward(x, weight, bias, Numerics.decode(numerics), **options)
+        y, saved = _layer(implementation).forward(x, weight, bias, Numerics.decode(numerics), **options)
     return y.contiguous(), *saved.fp4_tensors(x)
 
 
-_define("linear", _forward)
+def _backward(
+    grad: Tensor,
+    x: Tensor | None,
+    weight: Tensor | None,
+    parts: tuple[Tensor, ...],
+    numerics: str,
+    implementation: str,
+    rng: int,
+    dtypes: tuple[torch.dtype, torch.dtype],
+    needs: tuple[bool, bool],
+) -> tuple[Tensor, Tensor]:
+    """``(dx [T, K], dW [N, K])`` from ``grad [T, N]`` and what the forward saved; an output
+    that is not needed comes back empty."""
+    resolved = Numerics.decode(numerics)
+    tokens, n = grad.shape
+    k = Saved.in_features(resolved, weight, parts)
+    if tokens == 0:  # eager's gradients of an empty batch: an empty dx and a zero dW
+        dx = grad.new_zeros((0, k) if needs[0] else 0, dtype=dtypes[0])
+        return dx, grad.new_zeros((n, k) if needs[1] else 0, dtype=dtypes[1])
+    saved = Saved.decode(resolved, x, weight, parts, tokens, n, dtypes)
+    options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
+    with _no_autocast(grad.device):
+        dx, dw = _layer(implementation).backward(
+            grad, saved, resolved, dtypes=dtypes, needs=needs, source=stream_generator(rng, grad.device), **options
+        )
+    empty = grad.new_empty(0)
+    return (empty if dx is None else dx.contiguous()), (empty if dw is None else dw.contiguous())
 
 
-@torch.library.register_fake("quartet::linear")
-def _forward_fake(x, weight, bias, numerics, implementation, rng):
-    return x.new_empty(x.shape[0], weight.shape[0]), *Saved.fake_fp4_tensors(
-        Numerics.decode(numerics), x, weight.shape[0]
-    )
+def _backward_fake(grad: Tensor, weight: Tensor | None, parts: tuple, numerics: str, dtypes: tuple, needs: tuple):
+    tokens, n = grad.shape
+    k = Saved.in_features(Numerics.decode(numerics), weight, parts)
+    dx = grad.new_empty(tokens, k, dtype=dtypes[0]) if needs[0] else grad.new_empty(0)
+    dw = grad.new_empty(n, k, dtype=dtypes[1]) if needs[1] else grad.new_empty(0)
+    return dx, dw
 
 
-def _backward_op(
+def _setup_context(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, numerics: str, output: tuple) -> None:
+    resolved = Numerics.decode(numerics)
+    ctx.save_for_backward(x if resolved.saves_x else None, weight if resolved.saves_weight else None, *output[1:])
+    ctx.dtypes = (x.dtype, weight.dtype)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.set_materialize_grads(False)  # no zero tensors (and launches) for the FP4 outputs' grads
+
+
+def _autograd(backward_op: Any, inputs: int) -> Any:
+    """The autograd formula of a forward op with ``inputs`` arguments, whose backward is
+    ``backward_op(grad, x, weight, *parts, *ctx.args, x_dtype, w_dtype, needs_dx, needs_dw)``."""
+
+    def backward(ctx: Any, grad: Tensor | None, *_unused_grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        if grad is None:
+            return (None,) * inputs
+        needs_dx, needs_dw, needs_db = ctx.needs_input_grad[:3]
+        dx, dw = backward_op(grad, *ctx.saved_tensors, *ctx.args, *ctx.dtypes, needs_dx, needs_dw)
+        db = grad.float().sum(0).to(ctx.bias_dtype) if needs_db and ctx.bias_dtype is not None else None
+        return (dx if needs_dx else None), (dw if needs_dw else None), db, *([None] * (inputs - 3))
+
+    return backward
+
+
+# The ops of every implementation: torch.library.Library definitions (not custom_op, whose wrapper
+# adds an aliasing check and a Dynamo guard to every call; ours always return fresh tensors).
+
+_LIBRARY = torch.library.Library("quartet", "DEF")
+
+
+def linear_op(
+    x: Tensor, weight: Tensor, bias: Tensor | None, numerics: str, implementation: str, rng: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``quartet::linear``: the forward of ``implementation`` (its backward draws from ``rng``)."""
+    return _forward(x, weight, bias, numerics, implementation)
+
+
+def linear_backward_op(
     grad: Tensor,
     x: Tensor | None,
     weight: Tensor | None,
@@ -95,63 +148,92 @@ def _backward_op(
     needs_dx: bool,
     needs_dw: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``(dx [T, K], dW [N, K])`` from ``grad [T, N]`` and what ``quartet::linear`` saved;
-    an output that is not needed comes back empty."""
-    resolved = Numerics.decode(numerics)
+    """``quartet::linear_backward``: ``(dx, dW)`` of ``quartet::linear``."""
     parts = (x_codes, x_scales, x_tensor_scale, w_codes, w_scales, w_tensor_scale)
-    tokens, n = grad.shape
-    k = Saved.in_features(resolved, weight, parts)
-    if tokens == 0:  # eager's gradients of an empty batch: an empty dx and a zero dW
-        dx = grad.new_zeros((0, k) if needs_dx else 0, dtype=x_dtype)
-        return dx, grad.new_zeros((n, k) if needs_dw else 0, dtype=w_dtype)
-    saved = Saved.decode(resolved, x, weight, parts, tokens, n, (x_dtype, w_dtype))
-    options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
-    with _no_autocast(grad.device):
-        dx, dw = _layer(implementation).backward(
-            grad,
-            saved,
-            resolved,
-            dtypes=(x_dtype, w_dtype),
-            needs=(needs_dx, needs_dw),
-            source=stream_generator(rng, grad.device),
-            **options,
-        )
-    empty = grad.new_empty(0)
-    return (empty if dx is None else dx.contiguous()), (empty if dw is None else dw.contiguous())
+    return _backward(grad, x, weight, parts, numerics, implementation, rng, (x_dtype, w_dtype), (needs_dx, needs_dw))
 
 
-_define("linear_backward", _backward_op)
+for _name, _fn in (("linear", linear_op), ("linear_backward", linear_backward_op)):
+    _LIBRARY.define(_name + torch.library.infer_schema(_fn, mutates_args=()))
+    _LIBRARY.impl(_name, _fn, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("quartet::linear")
+def _linear_fake(x, weight, bias, numerics, implementation, rng):
+    return x.new_empty(x.shape[0], weight.shape[0]), *Saved.fake_fp4_tensors(
+        Numerics.decode(numerics), x, weight.shape[0]
+    )
 
 
 @torch.library.register_fake("quartet::linear_backward")
-def _backward_fake(grad, x, weight, *rest):
+def _linear_backward_fake(grad, x, weight, *rest):
     parts, (numerics, _implementation, _rng, x_dtype, w_dtype, needs_dx, needs_dw) = rest[:6], rest[6:]
-    tokens, n = grad.shape
-    k = Saved.in_features(Numerics.decode(numerics), weight, parts)
-    dx = grad.new_empty(tokens, k, dtype=x_dtype) if needs_dx else grad.new_empty(0)
-    dw = grad.new_empty(n, k, dtype=w_dtype) if needs_dw else grad.new_empty(0)
-    return dx, dw
+    return _backward_fake(grad, weight, parts, numerics, (x_dtype, w_dtype), (needs_dx, needs_dw))
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+def _linear_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     x, weight, bias, numerics, implementation, rng = inputs
-    resolved = Numerics.decode(numerics)
-    ctx.save_for_backward(x if resolved.saves_x else None, weight if resolved.saves_weight else None, *output[1:])
-    ctx.args = (numerics, implementation, rng, x.dtype, weight.dtype)
-    ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.set_materialize_grads(False)  # no zero tensors (and launches) for the FP4 outputs' grads
+    _setup_context(ctx, x, weight, bias, numerics, output)
+    ctx.args = (numerics, implementation, rng)
 
 
-def _backward(ctx: Any, grad: Tensor | None, *_unused_grads: Tensor | None) -> tuple[Tensor | None, ...]:
-    if grad is None:
-        return (None,) * 6
-    needs_dx, needs_dw, needs_db = ctx.needs_input_grad[:3]
-    dx, dw = torch.ops.quartet.linear_backward(grad, *ctx.saved_tensors, *ctx.args, needs_dx, needs_dw)
-    db = grad.float().sum(0).to(ctx.bias_dtype) if needs_db and ctx.bias_dtype is not None else None
-    return (dx if needs_dx else None), (dw if needs_dw else None), db, None, None, None
+torch.library.register_autograd(
+    "quartet::linear", _autograd(torch.ops.quartet.linear_backward, 6), setup_context=_linear_setup
+)
 
 
-torch.library.register_autograd("quartet::linear", _backward, setup_context=_setup_context)
+# The Triton implementations with PyTorch's default generator, as operators whose body a compiled
+# graph sees: AOTAutograd decomposes them into their kernel launches (``torch.library.wrap_triton``
+# in ``kernels.launch.run``), which Inductor launches from generated code, and the seeds drawn
+# with ``torch.randint`` become part of the graph. Their fake implementation is their body.
+
+
+def _kernels(native: bool) -> str:
+    return (Implementation.TRITON_NATIVE if native else Implementation.TRITON).value
+
+
+@torch.library.triton_op("quartet::linear_triton", mutates_args=())
+def linear_triton_op(
+    x: Tensor, weight: Tensor, bias: Tensor | None, numerics: str, native: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``quartet::linear_triton``: the forward on the Triton kernels."""
+    return _forward(x, weight, bias, numerics, _kernels(native))
+
+
+@torch.library.triton_op("quartet::linear_triton_backward", mutates_args=())
+def linear_triton_backward_op(
+    grad: Tensor,
+    x: Tensor | None,
+    weight: Tensor | None,
+    x_codes: Tensor,
+    x_scales: Tensor,
+    x_tensor_scale: Tensor,
+    w_codes: Tensor,
+    w_scales: Tensor,
+    w_tensor_scale: Tensor,
+    numerics: str,
+    native: bool,
+    x_dtype: torch.dtype,
+    w_dtype: torch.dtype,
+    needs_dx: bool,
+    needs_dw: bool,
+) -> tuple[Tensor, Tensor]:
+    """``quartet::linear_triton_backward``: ``(dx, dW)`` of ``quartet::linear_triton``."""
+    parts = (x_codes, x_scales, x_tensor_scale, w_codes, w_scales, w_tensor_scale)
+    return _backward(
+        grad, x, weight, parts, numerics, _kernels(native), DEFAULT_STREAM, (x_dtype, w_dtype), (needs_dx, needs_dw)
+    )
+
+
+def _linear_triton_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, weight, bias, numerics, native = inputs
+    _setup_context(ctx, x, weight, bias, numerics, output)
+    ctx.args = (numerics, native)
+
+
+linear_triton_op.register_autograd(
+    _autograd(torch.ops.quartet.linear_triton_backward, 5), setup_context=_linear_triton_setup
+)
 
 
 def _autocast(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -207,7 +289,11 @@ def quantized_linear(
         weight = F.pad(weight, (0, pad_k, 0, pad_n))
     if bias is not None and pad_n:
         bias = F.pad(bias, (0, pad_n))
-    y = torch.ops.quartet.linear(x2, weight, bias, numerics, implementation, rng)[0]
+    if Implementation(implementation) is not Implementation.REFERENCE and rng == DEFAULT_STREAM:
+        native = Implementation(implementation) is Implementation.TRITON_NATIVE
+        y = torch.ops.quartet.linear_triton(x2, weight, bias, numerics, native)[0]
+    else:
+        y = torch.ops.quartet.linear(x2, weight, bias, numerics, implementation, rng)[0]
     if _may_pad(pad_t) or pad_n:
         y = y[:tokens, :n]
     return y.reshape(*lead, n)

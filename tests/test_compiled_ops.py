@@ -1,0 +1,273 @@
+"""What a compiled graph holds where the Triton kernels run: AOTAutograd decomposes the
+``quartet::linear_triton`` ops into their kernel launches and tensor ops, so that Inductor
+launches the kernels from generated code and no Python of ours runs per layer at run time.
+
+The graphs are traced on the CPU (tracing needs no GPU; Triton's analysis of which arguments a
+kernel writes is given a Hopper target) and never run here; the GPU suite runs them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._functorch.aot_autograd import aot_module_simplified
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from quartet_bench.models import Llama, LlamaConfig
+from quartet_compile import QuartetConfig, backend
+from quartet_compile.ops import Implementation, quantized_linear, routing
+
+triton = pytest.importorskip("triton")
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+
+tl = pytest.importorskip("triton.language")
+
+
+class _Traced(Exception):
+    """Stops the compile once the graphs are captured: CPU tensors cannot run CUDA kernels."""
+
+
+@pytest.fixture
+def a_hopper_target(monkeypatch):
+    class Target:
+        def get_current_target(self) -> GPUTarget:
+            return GPUTarget("cuda", 90, 32)
+
+    monkeypatch.setattr(driver, "_active", Target())
+
+
+def _aot_graphs(gm: torch.fx.GraphModule, example_inputs: list) -> list[torch.fx.GraphModule]:
+    """The forward graphs AOTAutograd makes of ``gm`` (the backward compiles lazily)."""
+    graphs = []
+
+    def capture(graph: torch.fx.GraphModule, example_inputs: list):
+        graphs.append(graph)
+        return graph.forward
+
+    aot_module_simplified(gm, example_inputs, fw_compiler=capture, bw_compiler=capture)
+    return graphs
+
+
+def _traced_graphs(fn, *args) -> list[torch.fx.GraphModule]:
+    """The forward graphs of ``fn(*args)`` as compiled by Dynamo and AOTAutograd."""
+    graphs = []
+
+    def dynamo_backend(gm: torch.fx.GraphModule, example_inputs: list):
+        graphs.extend(_aot_graphs(gm, example_inputs))
+        raise _Traced
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="_Traced"):
+        torch.compile(fn, backend=dynamo_backend, fullgraph=True)(*args)
+    return graphs
+
+
+def _targets(gm: torch.fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def _launched_kernels(gm: torch.fx.GraphModule) -> list[str]:
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    return [
+        kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__
+        for n in gm.graph.nodes
+        if n.op == "call_function" and "triton_kernel_wrapper_functional" in str(n.target)
+    ]
+
+
+def _unwritten_buffers(gm: torch.fx.GraphModule) -> list[str]:
+    """Buffers the graph allocates and then uses without a kernel launch having written them:
+    where PyTorch's analysis of a launch misses one of its writes, the graph reads the empty
+    buffer instead of the launch's result (and may drop the launch)."""
+    unwritten = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith("aten.empty"):
+            continue
+        for user in node.users:
+            launch = "triton_kernel_wrapper_functional" in str(user.target)
+            names = [k for k, v in user.kwargs["kwargs"].items() if v is node] if launch else []
+            if not set(names) & set(user.kwargs["tensors_to_clone"] if launch else ()):
+                unwritten.append(f"{node.name} -> {user.name} {names}")
+    return unwritten
+
+
+@pytest.mark.parametrize("recipe", ["quartet2", "nvidia"])
+def test_the_forward_is_kernel_launches_and_tensor_ops(recipe, a_hopper_target):
+    numerics = QuartetConfig(recipe=recipe).numerics.encode()
+    x = torch.randn(256, 128, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(384, 128, dtype=torch.bfloat16, requires_grad=True)
+    (forward,) = _traced_graphs(lambda x, w: quantized_linear(x, w, numerics=numerics, implementation="triton"), x, w)
+    targets = _targets(forward)
+    assert not [t for t in targets if "quartet" in t]
+    assert "aten.clone.default" not in targets  # the kernels' writes were analysed: inputs are not copied
+    kernels = _launched_kernels(forward)
+    assert kernels.count("_stats_kernel") == 2 and kernels.count("_quantize_kernel") == 2, kernels
+    assert targets.count("aten.zeros.default") == 1  # one zeroed statistics buffer for both operands
+    assert not _unwritten_buffers(forward)
+
+
+@pytest.mark.parametrize(("recipe", "quantizer"), [("quartet2", "_ms_eden_kernel"), ("nvidia", "_nvidia_kernel")])
+def test_the_backward_is_kernel_launches_with_its_seeds_drawn_in_the_graph(recipe, quantizer, a_hopper_target):
+    numerics = QuartetConfig(recipe=recipe).numerics
+    x = torch.randn(256, 128, dtype=torch.bfloat16)
+    w = torch.randn(384, 128, dtype=torch.bfloat16)
+    outputs = torch.ops.quartet.linear(x, w, None, numerics.encode(), Implementation.REFERENCE.value, -1)
+    grad = torch.randn(256, 384, dtype=torch.bfloat16)
+    saved = (x if numerics.saves_x else None, None, *outputs[1:])
+
+    def backward(grad, *parts):
+        dtype = torch.bfloat16
+        return torch.ops.quartet.linear_triton_backward(
+            grad, *saved[:2], *parts, numerics.encode(), False, dtype, dtype, True, True
+        )
+
+    (graph,) = _traced_graphs(backward, grad, *saved[2:])
+    targets = _targets(graph)
+    assert not [t for t in targets if "quartet" in t]
+    assert targets.count("aten.randint.low") == 1, targets  # every seed and the rotation's signs in one draw
+    kernels = _launched_kernels(graph)
+    passes = {"quartet2": 8, "nvidia": 6}[recipe]  # an amax and a quantize pass per quantized operand
+    assert kernels.count(quantizer) == passes and kernels.count("_rotation_kernel") == 1, kernels
+    assert "aten.zeros.default" not in targets  # the rotation's launch zeroes the amax rows
+    assert not _unwritten_buffers(graph)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_the_tma_gemm_output_is_written_by_its_launch(out_dtype, a_hopper_target, monkeypatch):
+    """The Hopper GEMM builds its TMA descriptors on the device and stores through pointers,
+    so that PyTorch sees the output written (it misses stores through descriptors)."""
+    from quartet_compile.kernels import gemm
+
+    monkeypatch.setattr(gemm, "_multiprocessors", lambda device: 132)
+    a, b = torch.randn(512, 256, dtype=torch.bfloat16), torch.randn(384, 256, dtype=torch.bfloat16)
+    scale = torch.ones((), dtype=torch.float32)
+    traced = make_fx(
+        torch.func.functionalize(lambda a, b, s: gemm.tma_gemm(a, b, s, s, out_dtype)), tracing_mode="fake"
+    )
+    graph = traced(a, b, scale)
+    assert _launched_kernels(graph) == ["_tma_gemm_kernel"]
+    assert not _unwritten_buffers(graph)
+
+
+def test_a_compiled_model_runs_no_quartet_op_where_the_kernels_run(a_hopper_target, monkeypatch):
+    """The pass puts the Triton ops in the graph wherever ``route`` sends a matmul to the
+    kernels (stubbed here as if on a GPU), and AOTAutograd leaves no op call of ours."""
+    monkeypatch.setattr(routing, "_triton_installed", lambda: True)
+    cuda_route = routing.Route(Implementation.TRITON, "Triton kernels")
+    monkeypatch.setattr("quartet_compile.passes.linear_rewrite.route", lambda *args: cuda_route)
+    quartet = backend()
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig())
+    tokens = torch.randint(0, 256, (2, 128))
+    graphs = []
+
+    def compile_rewritten(gm, example_inputs):
+        quartet.rewrite(gm, example_inputs, model)
+        graphs.extend(_aot_graphs(gm, example_inputs))
+        raise _Traced
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="_Traced"):
+        torch.compile(model, backend=compile_rewritten)(tokens)
+    (forward,) = graphs
+    assert not [t for t in _targets(forward) if "quartet" in t]
+    assert _launched_kernels(forward).count("_quantize_kernel") == 2 * 14  # x and W of 14 projections
+
+
+def test_the_write_analysis_builds_each_kernel_signature_once(a_hopper_target, monkeypatch):
+    """Tracing two more layers of the same shapes builds no new Triton IR: PyTorch's analysis
+    of which arguments a launch writes reuses the IR built for the first layer."""
+    from quartet_compile.kernels import mutation_analysis
+
+    mutation_analysis.reuse_ttir_of_our_kernels()
+    generate, built = mutation_analysis._pytorch["generate_ttir"], []
+    counting = {**mutation_analysis._pytorch, "generate_ttir": lambda *args: built.append(args[0]) or generate(*args)}
+    monkeypatch.setattr(mutation_analysis, "_pytorch", counting)
+    monkeypatch.setattr(mutation_analysis, "_ttir", {})
+    monkeypatch.setattr(mutation_analysis, "_functions", {})
+    numerics = QuartetConfig(recipe="quartet2").numerics.encode()
+    x = torch.randn(256, 128, dtype=torch.bfloat16, requires_grad=True)
+    w1, w2 = (torch.randn(384, 128, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+
+    def two_layers(x, w1, w2):
+        y = quantized_linear(x, w1, numerics=numerics, implementation="triton")
+        return quantized_linear(x, w2, numerics=numerics, implementation="triton") + y
+
+    _traced_graphs(lambda x, w: quantized_linear(x, w, numerics=numerics, implementation="triton"), x, w1)
+    first = len(built)
+    _traced_graphs(two_layers, x, w1, w2)
+    assert first == len(mutation_analysis._ttir) > 0 and len(built) == first
+
+
+def test_the_ir_key_separates_what_changes_the_ir(a_hopper_target):
+    from quartet_compile.kernels import quantize
+    from quartet_compile.kernels.mutation_analysis import _ttir_key
+
+    def key(**changes):
+        args = {"x_ptr": torch.empty(2, dtype=torch.bfloat16), "n": 256, "stats_ptr": torch.empty(2),
+                "stats_row": 0, "BLOCK_SIZE": 1024, **changes}  # fmt: skip
+        return _ttir_key(quantize._stats_kernel, args, ({},))
+
+    assert key() == key()
+    changes = (key(n=4096), key(n=1), key(BLOCK_SIZE=2048), key(x_ptr=torch.empty(2, dtype=torch.float16)))
+    assert len({key(), *changes}) == 5  # values may be folded into the IR: each one is its own signature
+    assert _ttir_key(_multiply_add, {}, ({},)) is None  # not a kernel of this package
+
+
+@triton.jit
+def _multiply_add(a_ptr):
+    tl.store(a_ptr, tl.load(a_ptr) * 2)
+
+
+def _cuda_step(fn, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    x.grad = w.grad = None
+    y = fn(x, w)
+    y.backward(g)
+    return [y.detach().clone(), x.grad.clone(), w.grad.clone()]
+
+
+def _cuda_layer(recipe: str):
+    """A quantized linear as the pass emits it on this GPU, its inputs and an output gradient
+    (Dynamo reset, so that earlier tests' shapes do not make these symbolic)."""
+    numerics = QuartetConfig(recipe=recipe).numerics
+    implementation = routing.route(numerics, torch.device("cuda")).implementation.value
+
+    def layer(x, w):
+        return quantized_linear(x, w, numerics=numerics.encode(), implementation=implementation)
+
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(384, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    torch._dynamo.reset()
+    return layer, x, w, torch.randn(512, 384, device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["quartet2", "nvidia", "fp4-forward"])
+def test_inductor_launches_compute_what_the_ops_compute(recipe, monkeypatch):
+    """Bit for bit, with Inductor drawing the seeds through aten (``fallback_random``) so that
+    both runs take the same draws from the default generator."""
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    layer, x, w, g = _cuda_layer(recipe)
+    compiled = torch.compile(layer, backend="inductor", fullgraph=True)
+    _cuda_step(compiled, x, w, g)  # compiles
+    results = []
+    for fn in (layer, compiled):
+        torch.manual_seed(3)
+        results.append(_cuda_step(fn, x, w, g))
+    for eager, inductor in zip(*results, strict=True):
+        assert torch.isfinite(eager).all() and torch.equal(eager, inductor)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_of_a_compiled_layer_draw_fresh_randomness():
+    layer, x, w, g = _cuda_layer("quartet2")
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+    runs = []
+    for _ in range(5):
+        torch.compiler.cudagraph_mark_step_begin()
+        runs.append(_cuda_step(compiled, x, w, g))
+    (y3, dx3, dw3), (y4, dx4, dw4) = runs[-2:]
+    assert torch.equal(y3, y4)  # the forward rounds to nearest
+    for a, b in ((dx3, dx4), (dw3, dw4)):
+        assert torch.isfinite(a).all() and torch.isfinite(b).all() and not torch.equal(a, b)
