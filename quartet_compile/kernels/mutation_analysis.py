@@ -25,7 +25,8 @@ _ttir: dict[tuple, Any] = {}
 """Triton IR of our kernels per argument signature."""
 
 _functions: dict[int, Any] = {}
-"""The operations of each IR module in :data:`_ttir` (by ``id``: the modules stay alive there)."""
+"""The operations of each IR module in :data:`_ttir`, by ``id`` (``None`` until first asked for).
+The modules stay alive in :data:`_ttir`, so an ``id`` here is always one of ours."""
 
 _pytorch: dict[str, Callable[..., Any]] = {}
 """PyTorch's own functions, once :func:`reuse_ttir_of_our_kernels` has replaced them."""
@@ -79,14 +80,15 @@ def _generate_ttir(kernel: Any, kwargs: dict[str, Any], *rest: Any) -> Any:
         return _pytorch["generate_ttir"](kernel, kwargs, *rest)
     if key not in _ttir:
         _ttir[key] = _pytorch["generate_ttir"](kernel, kwargs, *rest)
+        _functions[id(_ttir[key][0])] = None
     return _ttir[key]
 
 
 def _ttir_to_functions(module: Any) -> Any:
     """PyTorch's ``ttir_to_functions`` (the IR's operations as Python data, which the analysis
     walks), once per module of ours."""
-    if all(module is not built[0] for built in _ttir.values()):
-        return _pytorch["ttir_to_functions"](module)
     if id(module) not in _functions:
+        return _pytorch["ttir_to_functions"](module)
+    if _functions[id(module)] is None:
         _functions[id(module)] = _pytorch["ttir_to_functions"](module)
     return _functions[id(module)]
