@@ -103,17 +103,15 @@ def _all_grads(grads: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.flatten() for _, g in sorted(grads.items())])
 
 
-def test_inductor_training_matches_eager_reference_quartet2():
-    """How far the reassociation spreads through the stochastic backward depends on the CPU's
-    vector code: on one CI machine every gradient stayed within 10% over two steps; on another,
-    after one step, the last block's MLP gradients matched to 0.0%, its attention's to 3%, and
-    the first block's drifted to 14% (other draws: 20-33%). So, after one step: the layers the
+def _assert_inductor_matches_eager(model: nn.Module, config: QuartetConfig, batches: list[torch.Tensor]) -> None:
+    """How far the reassociation spreads through the stochastic backward depends on the
+    device's vector code: on one CI machine every gradient stayed within 10% over two steps; on
+    another, after one step, the last block's MLP gradients matched to 0.0%, its attention's to
+    3%, and the first block's drifted to 14% (other draws: 20-33%); on an H100 the first
+    block's norm weight drifted to 30% after two steps. So, after one step: the layers the
     backward reaches first (all but the first block) within INDUCTOR_GRAD_REL, and all gradients
     together well inside the spread of a run with other random draws, measured on the same
     machine; then two steps' losses."""
-    config = QuartetConfig(recipe="quartet2")
-    model = tiny_llama()
-    batches = token_batches(2)
     _, ref_grads = train(eager_reference(model, config), batches[:1])
     _, other_grads = train(eager_reference(model, config), batches[:1], seed=1)
     _, grads = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches[:1])
@@ -126,6 +124,10 @@ def test_inductor_training_matches_eager_reference_quartet2():
     ref_losses, _ = train(eager_reference(model, config), batches)
     losses, _ = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches)
     assert torch.allclose(losses, ref_losses, rtol=INDUCTOR_LOSS_RTOL)
+
+
+def test_inductor_training_matches_eager_reference_quartet2():
+    _assert_inductor_matches_eager(tiny_llama(), QuartetConfig(recipe="quartet2"), token_batches(2))
 
 
 def test_bf16_recipe_equals_plain_inductor():
@@ -398,18 +400,20 @@ def test_cuda_graphs_reduce_overhead_draw_fresh_randomness():
 def test_cuda_compiled_training_matches_eager_reference(inner, monkeypatch):
     """Both sides run the CUDA kernels (eager through the op, compiled through the graph).
     Inductor draws the backward's seeds with its own generator (seeded from PyTorch's, as for
-    dropout); ``fallback_random`` makes it take eager's draws, so that the two runs compare.
-    Dynamo is reset so that an earlier test's sequence length cannot make this one's symbolic
-    (automatic dynamic shapes): with a symbolic length the kernels' shapes, and so their
-    summation order, may differ from eager's."""
+    dropout); ``fallback_random`` makes it take eager's draws, so that the two runs compare:
+    equal under aot_eager, within reassociation under Inductor. Dynamo is reset so that an
+    earlier test's sequence length cannot make this one's symbolic (automatic dynamic shapes):
+    with a symbolic length the kernels' shapes, and so their summation order, may differ."""
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch._dynamo.reset()
     config = QuartetConfig(recipe="quartet2", inner_backend=inner)
     model = tiny_llama().cuda()
     batches = [b.cuda() for b in token_batches(2)]
+    if inner == "inductor":
+        _assert_inductor_matches_eager(model, config, batches)
+        return
     ref_losses, ref_grads = train(eager_reference(model, config), batches)
     losses, grads = train(torch.compile(copy.deepcopy(model), backend=backend(config)), batches)
-    exact = inner == "aot_eager"
-    assert torch.allclose(losses, ref_losses, rtol=1e-5 if exact else INDUCTOR_LOSS_RTOL)
+    assert torch.allclose(losses, ref_losses, rtol=1e-5)
     for name, g in ref_grads.items():
-        assert rel(grads[name], g) < (1e-4 if exact else INDUCTOR_GRAD_REL), name
+        assert rel(grads[name], g) < 1e-4, name

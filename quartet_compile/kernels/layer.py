@@ -99,18 +99,25 @@ def _ms_eden_gemm(
     return nvfp4_gemm(aq, bq, out_dtype)
 
 
-def _randomness(count: int, source: RandomSource, device: torch.device) -> list[Tensor]:
+def _randomness(count: int, source: RandomSource, grad: Tensor) -> list[Tensor]:
     """``count`` int64 Philox seeds as 0-d device tensors, in one draw from ``source``: one per
-    stochastically quantized operand, then one for the rotation signs."""
-    generator = as_generator(source, device)
-    drawn_by = {} if generator is None else {"generator": generator}  # the default stream traces as one op
-    return list(torch.randint(0, 2**62, (count,), device=device, **drawn_by).unbind())
+    stochastically quantized operand, then one for the rotation signs.
+
+    The default generator's draw is made from a tensor created from ``grad`` (``randint_like``
+    takes the same values as ``randint``): in a compiled graph it then depends on the gradient
+    and stays in the backward. A draw with no inputs is also kept in the forward graph when
+    random ops count as side effects (``torch._inductor.config.fallback_random``), where it
+    would consume the stream a second time and shift every later draw."""
+    generator = as_generator(source, grad.device)
+    if generator is not None:
+        return list(torch.randint(0, 2**62, (count,), device=grad.device, generator=generator).unbind())
+    return list(torch.randint_like(grad.new_empty(count, dtype=torch.int64), 0, 2**62).unbind())
 
 
 def _backward_ms_eden(grad, saved, dtypes, needs, source, native):
     """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T). One draw of
     five seeds; the rotation's launch also zeroes the four amax rows."""
-    seeds = _randomness(5, source, grad.device)
+    seeds = _randomness(5, source, grad)
     stats = torch.empty(4, 2, dtype=torch.float32, device=grad.device)
     rotation = random_rotation(EDEN_GROUP, seeds[4], zero=stats)
     dx = dw = None
@@ -140,7 +147,7 @@ def _backward_high_precision(grad, saved, dtypes, needs, source, native):
 def _backward_nvidia(grad, saved, dtypes, needs, source, native):
     """``nvidia``: SR of ``g`` against the saved 16x16-tile weight for dgrad; RHT-16 along the
     tokens, then SR of ``g^T`` and RTN of ``x^T``, for wgrad."""
-    seeds = _randomness(3, source, grad.device)
+    seeds = _randomness(3, source, grad)
     stats = torch.empty(3, 2, dtype=torch.float32, device=grad.device)
     rotation = random_rotation(NVIDIA_RHT_SIZE, seeds[2], zero=stats)
     dx = dw = None

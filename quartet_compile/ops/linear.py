@@ -185,7 +185,7 @@ torch.library.register_autograd(
 # The Triton implementations with PyTorch's default generator, as operators whose body a compiled
 # graph sees: AOTAutograd decomposes them into their kernel launches (``torch.library.wrap_triton``
 # in ``kernels.launch.run``), which Inductor launches from generated code, and the seeds drawn
-# with ``torch.randint`` become part of the graph. Their fake implementation is their body.
+# with ``torch.randint_like`` become part of the graph. Their fake implementation is their body.
 
 
 def _kernels(native: bool) -> str:
