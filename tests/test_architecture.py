@@ -18,7 +18,8 @@ LAYERS = {
     "compiler": 5,
     "explain": 6,
     "eager": 6,
-    "": 7,  # the package's __init__: the public API
+    "export": 7,
+    "": 8,  # the package's __init__: the public API
 }
 
 

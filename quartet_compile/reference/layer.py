@@ -35,6 +35,13 @@ def _quantize_forward(kind: ForwardQuant, x: Tensor, *, weight: bool) -> NVFP4Te
     return quantize_rtn(x)
 
 
+def quantize_weight(weight: Tensor, numerics: Numerics) -> NVFP4Tensor:
+    """The FP4 weight the forward of ``numerics`` multiplies by (what a checkpoint export writes)."""
+    if not numerics.quantized:
+        raise ValueError("the recipe does not quantize the forward: there is no FP4 weight")
+    return _quantize_forward(numerics.forward, weight, weight=True)
+
+
 def forward(x: Tensor, weight: Tensor, bias: Tensor | None, numerics: Numerics) -> tuple[Tensor, Saved]:
     """``x [T, K] @ weight [N, K]^T + bias`` in ``x``'s dtype, and what the backward needs."""
     numerics.check_shapes(x.shape[0], x.shape[1], weight.shape[0])
