@@ -19,6 +19,7 @@ LAYERS = {
     "explain": 6,
     "eager": 6,
     "export": 7,
+    "check": 7,
     "": 8,  # the package's __init__: the public API
 }
 

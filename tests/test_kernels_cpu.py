@@ -304,13 +304,14 @@ def test_native_gemm_check_accepts_the_exact_product_and_catches_wrong_ones():
     assert blackwell.check_native_gemm(cpu, _raises) == "RuntimeError: PassManager::run failed"
 
 
-def test_native_gemm_needs_datacenter_blackwell_and_a_passed_check(monkeypatch):
+def test_native_gemm_needs_blackwell_and_a_passed_check(monkeypatch):
     """The route decision on a CPU machine, the CUDA queries stubbed: never for a CPU tensor
-    or another compute capability; on sm_100 only after the check passed, once per device;
+    or another compute capability; on Blackwell only after the check passed, once per device;
     not decided during graph capture; a failed check warns and keeps the bf16 route."""
     import torch
 
-    capability, capturing, checks = {0: (9, 0), 1: (10, 0), 2: (10, 0), 3: (12, 0)}, [True], []
+    capability, capturing, checks = {0: (9, 0), 1: (10, 0), 2: (10, 0), 3: (8, 9)}, [True], []
+    monkeypatch.setattr(blackwell, "native_ptx", lambda capability: blackwell.NATIVE_INSTRUCTION)
     monkeypatch.setattr(blackwell, "_available", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
@@ -384,3 +385,59 @@ def test_exact_kernels_compile_to_the_same_code_with_fp_fusion_on(name, tmp_path
     fused = _sass(_compile(kernel, signature, constexprs, 90, num_warps=4, enable_fp_fusion=True), tmp_path / "b")
     assert len(unfused) > 100 and any(op.startswith("FFMA") for op in unfused)
     assert fused == unfused
+
+
+SHARED_MEMORY_KB = {80: 163, 86: 99, 89: 99, 90: 227, 100: 227, 120: 99}
+"""Shared memory one block may take, by target (CUDA C Programming Guide, compute capabilities):
+every route's kernels must fit the GPUs it runs on."""
+
+
+def _resources(compiled, path: Path) -> dict[str, int]:
+    """Registers, stack and local (spilled) bytes per thread of the kernel, from its cubin."""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("Triton's bundled cuobjdump is not installed")
+    path.write_bytes(compiled.asm["cubin"])
+    text = subprocess.run([str(cuobjdump), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+
+
+@pytest.mark.parametrize("arch", SHARED_MEMORY_KB)
+@pytest.mark.parametrize("name", EXACT_KERNELS)
+def test_every_quantizer_compiles_for_every_gpu_generation(name, arch, tmp_path):
+    """Ampere (sm_80, 86), Ada (89), Hopper (90) and Blackwell (100, 120) run the same quantizers:
+    they compile (ptxas included), fit the generation's shared memory, keep the exact division,
+    use Hopper's wgmma and TMA only where they exist, and spill no registers."""
+    kernel, signature, constexprs = EXACT_KERNELS[name]
+    compiled = _compile(kernel, signature, constexprs, arch, num_warps=4, **quantize.EXACT)
+    ptx = compiled.asm["ptx"]
+    assert compiled.metadata.shared <= SHARED_MEMORY_KB[arch] * 1024
+    assert "div.rn.f32" in ptx and "cvt.rn.satfinite.e4m3x2" not in ptx
+    if arch != 90:
+        assert "wgmma" not in ptx
+    if arch < 90:
+        assert "cp.async.bulk.tensor" not in ptx and "tensormap" not in ptx
+    resources = _resources(compiled, tmp_path / "kernel.cubin")
+    assert resources["REG"] <= 255 and resources.get("LOCAL", 0) == 0, resources
+
+
+@pytest.mark.parametrize(("arch", "instruction"), [(100, "tcgen05.mma"), (120, "mma.sync")])
+def test_the_native_gemm_is_a_block_scaled_mma_on_both_blackwells(arch, instruction):
+    """What :func:`blackwell.native_gemm_available` requires of the installed Triton before it
+    routes a GPU to the native GEMM: datacenter Blackwell's ``tcgen05`` and consumer Blackwell's
+    ``mma.sync`` block-scaled NVFP4 MMA, E2M1 operands with E4M3 scales per 16 elements."""
+    ptx = blackwell.native_ptx((arch // 10, arch % 10))
+    assert re.search(rf"{re.escape(instruction)}\S*{blackwell.NATIVE_INSTRUCTION}", ptx)
+    if arch == 120:
+        assert re.search(r"mma\.sync\.aligned\.\S+\.kind::mxf4nvf4\.block_scale\.scale_vec::4X\.f32\.e2m1\.e2m1", ptx)
+        assert ".ue4m3" in ptx
+
+
+@pytest.mark.parametrize("arch", [80, 89, 90])
+def test_gpus_before_blackwell_have_no_native_fp4_mma(arch):
+    try:
+        ptx = blackwell.native_ptx((arch // 10, arch % 10))
+    except Exception as error:  # sm_80/86: Triton rejects E4M3 scales outright
+        assert "fp8e4nv not supported" in str(error)
+        return
+    assert blackwell.NATIVE_INSTRUCTION not in ptx

@@ -231,13 +231,13 @@ def test_unscaled_gemm_sends_outputs_with_few_tiles_to_cublas(monkeypatch):
 
 @pytest.mark.parametrize("m,n,k", [(128, 128, 128), (300, 200, 256), (1000, 384, 1024), (64, 256, 16384), (8, 8, 4096)])
 def test_native_blackwell_gemm_equals_float64_product(m, n, k):
-    """The ``tcgen05`` block-scaled GEMM that CI only compiles. Not yet run: no Blackwell GPU
+    """The block-scaled GEMM that CI only compiles. Not yet run: no Blackwell GPU
     has been available. On one, this and the linear tests below (which then take the native
     route, :func:`kernels.layer.operands`) are the check of the Blackwell path."""
     from quartet_compile.kernels import blackwell
 
-    if torch.cuda.get_device_capability()[0] != blackwell.NATIVE_MAJOR:
-        pytest.skip("the native NVFP4 GEMM runs on sm_100 / sm_103 only")
+    if torch.cuda.get_device_capability()[0] not in blackwell.NATIVE_MAJORS:
+        pytest.skip("the native NVFP4 GEMM runs on Blackwell (sm_100/103, sm_120/121) only")
     assert blackwell.native_gemm_available(torch.device("cuda")), "the first-use check failed (see the warning)"
     a, b, exact = _gemm_operands(m, n, k)
     bias = torch.randn(n, device="cuda")

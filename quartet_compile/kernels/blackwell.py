@@ -1,5 +1,7 @@
-"""Native NVFP4 GEMM for sm_100+ (Blackwell): ``tl.dot_scaled`` with e2m1 operands and
-E4M3 scales per 16 elements, which Triton lowers to ``tcgen05.mma ... kind::mxf4nvf4.block_scale``.
+"""Native NVFP4 GEMM for Blackwell: ``tl.dot_scaled`` with e2m1 operands and E4M3 scales per
+16 elements, which Triton lowers to ``tcgen05.mma ... kind::mxf4nvf4.block_scale`` on datacenter
+Blackwell (sm_100, sm_103) and to ``mma.sync ... kind::mxf4nvf4.block_scale`` on consumer
+Blackwell (sm_120, sm_121; Triton 3.9 does, older releases may emulate it).
 
 Operand layout is exactly :class:`~quartet_compile.nvfp4.NVFP4Tensor`'s: packed codes
 ``[rows, K/2]`` (element 2i in the low nibble, "first element in lower bits" in
@@ -8,11 +10,12 @@ takes untransposed for both operands (``lhs_scale [M, K/16]``, ``rhs_scale [N, K
 16-element group size is deduced from those shapes. Triton copies the scales into tensor
 memory in the layout the PTX ISA specifies for ``scale_vec::4X`` (checked against Triton's
 ``10-block-scaled-matmul`` tutorial and the PTX ISA section on tcgen05 block scaling).
-No Blackwell GPU is available to this project: CI compiles this kernel for sm_100 and
-checks the instruction in the PTX (``tests/test_kernels_cpu.py``). So the backend routes
+No Blackwell GPU is available to this project: CI compiles this kernel for sm_100 and sm_120
+and checks the instruction in the PTX (``tests/test_kernels_cpu.py``). So the backend routes
 GEMMs here only after :func:`check_native_gemm` has compared the kernel with the float64
-product on the device itself (:func:`native_gemm_available`); a GPU that fails the check
-keeps the bf16-operand route of :mod:`.gemm`, with a warning.
+product on the device itself, and the installed Triton has compiled it to the native
+instruction for that device (:func:`native_gemm_available`); a GPU that fails either keeps the
+bf16-operand route of :mod:`.gemm`, with a warning.
 """
 
 from __future__ import annotations
@@ -94,10 +97,12 @@ def dot_scaled_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype, bias
     return c
 
 
-NATIVE_MAJOR = 10
-"""Compute capability major of the GPUs the kernel is compiled and checked for: datacenter
-Blackwell (sm_100, sm_103), whose ``tcgen05`` MMA takes E4M3 scales per 16. Other majors
-(sm_120 included) keep the bf16-operand route."""
+NATIVE_MAJORS = (10, 12)
+"""Compute capability majors whose tensor cores take E2M1 operands with E4M3 scales per 16:
+datacenter (sm_100, sm_103) and consumer (sm_120, sm_121) Blackwell."""
+
+NATIVE_INSTRUCTION = "kind::mxf4nvf4.block_scale"
+"""What the kernel's PTX holds where Triton lowers it natively (``tcgen05.mma`` or ``mma.sync``)."""
 
 NATIVE_K_MULTIPLE = config("blackwell_gemm")["BLOCK_K"]
 """The kernel's K loop has no tail: reductions of other lengths take the bf16-operand route."""
@@ -138,21 +143,60 @@ def check_native_gemm(device: torch.device, gemm: Callable[..., Tensor] = dot_sc
     return None if error < 1e-5 else f"relative error {error:.2e} against the float64 product"
 
 
+def native_ptx(capability: tuple[int, int]) -> str:
+    """The PTX of :func:`dot_scaled_gemm_kernel` for a GPU of ``capability``, as the installed
+    Triton compiles it (no GPU needed)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cfg = config("blackwell_gemm")
+    constexprs = {"HAS_BIAS": True, **{k: v for k, v in cfg.items() if not k.startswith("num_")}}
+    signature = {
+        "a_ptr": "*u8",
+        "a_scales_ptr": "*fp8e4nv",
+        "b_ptr": "*u8",
+        "b_scales_ptr": "*fp8e4nv",
+        "scale_a_ptr": "*fp32",
+        "scale_b_ptr": "*fp32",
+        "bias_ptr": "*bf16",
+        "c_ptr": "*bf16",
+        **dict.fromkeys(("M", "N", "K", "stride_cm"), "i32"),
+        **dict.fromkeys(constexprs, "constexpr"),
+    }
+    major, minor = capability
+    source = ASTSource(fn=dot_scaled_gemm_kernel, signature=signature, constexprs=constexprs)
+    options = {k: v for k, v in cfg.items() if k.startswith("num_")}
+    return triton.compile(source, target=GPUTarget("cuda", 10 * major + minor, 32), options=options).asm["ptx"]
+
+
+def _native_failure(index: int) -> str | None:
+    """Why the native route is not taken on GPU ``index`` (``None``: it is)."""
+    capability = torch.cuda.get_device_capability(index)
+    try:
+        native = NATIVE_INSTRUCTION in native_ptx(capability)
+    except Exception as error:  # a compiler failure keeps the bf16-operand route
+        return f"the kernel does not compile for sm_{capability[0]}{capability[1]}: {type(error).__name__}: {error}"
+    if not native:
+        return f"Triton {triton.__version__} emulates the block-scaled MMA on sm_{capability[0]}{capability[1]}"
+    return check_native_gemm(torch.device("cuda", index))
+
+
 def native_gemm_available(device: torch.device) -> bool:
-    """Whether NVFP4 GEMMs on ``device`` take :func:`dot_scaled_gemm`: a datacenter Blackwell
-    GPU on which :func:`check_native_gemm` passed (run once per device, on first use). The
-    check synchronizes, so it is not run inside CUDA-graph capture: a graph captured before
-    the first eager call keeps the bf16-operand route."""
+    """Whether NVFP4 GEMMs on ``device`` take :func:`dot_scaled_gemm`: a Blackwell GPU for which
+    the installed Triton emits the native block-scaled MMA and on which :func:`check_native_gemm`
+    passed (both once per device, on first use). The check synchronizes, so it is not run inside
+    CUDA-graph capture: a graph captured before the first eager call keeps the bf16-operand
+    route."""
     if device.type != "cuda":
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _available:
-        if torch.cuda.get_device_capability(index)[0] != NATIVE_MAJOR:
+        if torch.cuda.get_device_capability(index)[0] not in NATIVE_MAJORS:
             _available[index] = False
         elif torch.cuda.is_current_stream_capturing():
             return False
         else:
-            failure = check_native_gemm(torch.device("cuda", index))
+            failure = _native_failure(index)
             if failure is not None:
                 warnings.warn(
                     f"quartet: the native NVFP4 GEMM failed its check on {torch.cuda.get_device_name(index)} "

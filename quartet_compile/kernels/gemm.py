@@ -178,14 +178,27 @@ def _scratch(size: int, alignment: int, stream: int | None) -> Tensor:
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
+TMA_MAJORS = (9, 10)
+"""Compute capability majors :func:`tma_gemm` runs on: Hopper and datacenter Blackwell, with TMA
+and the 227 KB of shared memory per block its pipeline takes (consumer Blackwell has TMA but
+about 100 KB; Ampere and Ada have neither)."""
+
+
 @functools.cache
 def _has_tma(device: torch.device) -> bool:
-    """Whether ``device`` is Hopper or newer, cached like :func:`_multiprocessors`."""
-    return torch.cuda.get_device_capability(device) >= (9, 0)
+    """Whether ``device`` runs :func:`tma_gemm`, cached like :func:`_multiprocessors`."""
+    return torch.cuda.get_device_capability(device)[0] in TMA_MAJORS
+
+
+def describe(device: torch.device) -> str:
+    """How bf16-operand GEMMs run on ``device``, for the route's reason."""
+    if device.type == "cuda" and _has_tma(device):
+        return "TMA GEMM where the output fills the GPU, else cuBLAS"
+    return "cuBLAS GEMM (no TMA GEMM below sm_90 or on consumer Blackwell)"
 
 
 def tma_compatible(a_unscaled: Tensor, b_unscaled: Tensor, out_dtype: torch.dtype) -> bool:
-    """Whether :func:`tma_gemm` can run: a Hopper-or-newer GPU, nonempty row-major operands of
+    """Whether :func:`tma_gemm` can run: a GPU of :data:`TMA_MAJORS`, nonempty row-major operands of
     one 16-bit dtype (a float32 ``tl.dot`` would round its inputs to TF32) and output rows
     whose starts are 16-byte aligned."""
     if a_unscaled.device.type != "cuda" or not _has_tma(a_unscaled.device):

@@ -1,8 +1,9 @@
 """Which implementation runs a quantized linear layer: the one place that decides.
 
-``route(numerics, device, preference)`` returns a :class:`Route`: the Triton kernels (on CUDA,
-for quantized numerics; on datacenter Blackwell with the native FP4 GEMM once the device passed
+``route(numerics, device, preference)`` returns a :class:`Route`: the Triton kernels (on CUDA GPUs
+from sm_80, for quantized numerics; on Blackwell with the native FP4 GEMM once the device passed
 its first-use check) or the pure-PyTorch reference (every other case, and whenever asked for).
+The reason names the GEMM route: TMA on Hopper and datacenter Blackwell, cuBLAS elsewhere.
 The graph pass calls it once per matmul, at compile time, so the decision (and the Blackwell
 check, which launches kernels) never runs while a graph is being traced or captured.
 """
@@ -35,7 +36,7 @@ class Implementation(str, enum.Enum):
     REFERENCE = "reference"
     TRITON = "triton"
     TRITON_NATIVE = "triton-native"
-    """The Triton kernels with the native FP4 GEMM of datacenter Blackwell."""
+    """The Triton kernels with the native FP4 GEMM of Blackwell (sm_100/103, sm_120/121)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class Route:
     @property
     def native(self) -> bool:
         return self.implementation is Implementation.TRITON_NATIVE
+
+
+MIN_CAPABILITY = (8, 0)
+"""Oldest GPUs the kernels run on: Ampere, the first with bf16 tensor cores."""
 
 
 def _triton_installed() -> bool:
@@ -68,12 +73,17 @@ def route(numerics: Numerics, device: torch.device, preference: KernelPreference
         why_not = f"the kernels run on CUDA, this is {device.type}"
     elif not _triton_installed():
         why_not = "Triton is not installed"
+    elif torch.cuda.get_device_capability(device) < MIN_CAPABILITY:
+        major, minor = torch.cuda.get_device_capability(device)
+        why_not = f"the kernels need sm_80 or newer (bf16 tensor cores), this is sm_{major}{minor}"
     if why_not is not None:
         if preference is KernelPreference.TRITON:
             raise ValueError(f"kernel_preference='triton' cannot be met: {why_not}")
         return Route(Implementation.REFERENCE, why_not)
     from ..kernels.blackwell import native_gemm_available
+    from ..kernels.gemm import describe
 
+    major, minor = torch.cuda.get_device_capability(device)
     if native_gemm_available(device):
-        return Route(Implementation.TRITON_NATIVE, "Triton kernels, native FP4 GEMM")
-    return Route(Implementation.TRITON, "Triton kernels")
+        return Route(Implementation.TRITON_NATIVE, f"Triton kernels, native FP4 GEMM (sm_{major}{minor})")
+    return Route(Implementation.TRITON, f"Triton kernels, {describe(device)} (sm_{major}{minor})")
