@@ -3,7 +3,6 @@ and the studies in ``bench/``, so every result file carries its device, versions
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import platform
@@ -15,18 +14,16 @@ from typing import Any
 
 import torch
 
+from quartet_compile.version import versions as package_versions
+
 from .training import RunResult
 from .variants import BASELINE
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device, versions and the command line: recorded in every result file."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for package in ("triton", "quartet-compile", "transformers", "torch-tensorrt", "fouroversix"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    versions = package_versions(("triton", "quartet-compile", "transformers", "torch-tensorrt", "fouroversix"))
+    versions["cuda"] = torch.version.cuda
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     command = getattr(sys, "orig_argv", sys.argv)  # orig_argv keeps "python -m module" (Python >= 3.10)
     return {"device": name, "versions": versions, "command": shlex.join([Path(command[0]).name, *command[1:]])}

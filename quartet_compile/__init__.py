@@ -19,8 +19,7 @@ from .explain import ExplainReport, explain
 from .export import ExportReport, export
 from .nvfp4 import NVFP4Tensor
 from .ops import KernelPreference
-
-__version__ = "0.2.0"
+from .version import __version__
 
 __all__ = [
     "ExplainReport",

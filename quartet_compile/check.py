@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 from collections.abc import Callable
@@ -28,23 +27,7 @@ from .nvfp4.format import NVFP4Tensor
 from .nvfp4.randomness import random_signs
 from .ops.routing import route
 from .reference import quantize_four_over_six, quantize_ms_eden_rotated, quantize_rtn, quantize_rtn_2d, quantize_sr
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        versions["triton"] = "not installed"
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        versions["quartet-compile"] = version("quartet-compile")
-    except PackageNotFoundError:
-        versions["quartet-compile"] = "unknown"
-    return versions
+from .version import versions
 
 
 def routes(device: torch.device) -> list[dict[str, str]]:
@@ -56,12 +39,15 @@ def routes(device: torch.device) -> list[dict[str, str]]:
     return rows
 
 
-def _same_fp4(kernel: NVFP4Tensor, ref: NVFP4Tensor) -> str | None:
-    """Where two NVFP4 tensors differ (``None``: bit for bit equal)."""
+def fp4_difference(kernel: NVFP4Tensor, ref: NVFP4Tensor) -> str | None:
+    """Where two NVFP4 tensors differ: tensor scale, E4M3 scale bytes, packed codes (``None``: bit
+    for bit equal). The kernel tests assert with it too."""
     if not torch.equal(kernel.tensor_scale, ref.tensor_scale):
         return f"tensor scale {kernel.tensor_scale.item()!r} != {ref.tensor_scale.item()!r}"
     for name in ("scales", "codes"):
         a, b = getattr(kernel, name).view(torch.uint8), getattr(ref, name).view(torch.uint8)
+        if a.shape != b.shape:
+            return f"{name} shaped {tuple(a.shape)} != {tuple(b.shape)}"
         if not torch.equal(a, b):
             return f"{int((a != b).sum())} of {a.numel()} {name} differ"
     return None
@@ -89,15 +75,15 @@ def exactness(device: torch.device, seed: int) -> list[dict[str, Any]]:
     seed_tensor = torch.randint(0, 2**62, (), device=device, generator=generator)
     rotation = rotation_matrix(random_signs(128, generator, device))
     cases: list[tuple[str, Callable[[], str | None]]] = [
-        ("forward RTN", lambda: _same_fp4(quantize(x).fp4, quantize_rtn(x))),
-        ("forward 4/6", lambda: _same_fp4(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))),
-        ("forward RTN, 16x16 weight tiles", lambda: _same_fp4(quantize(x, tile_2d=True).fp4, quantize_rtn_2d(x))),
+        ("forward RTN", lambda: fp4_difference(quantize(x).fp4, quantize_rtn(x))),
+        ("forward 4/6", lambda: fp4_difference(quantize(x, four_over_six=True).fp4, quantize_four_over_six(x))),
+        ("forward RTN, 16x16 weight tiles", lambda: fp4_difference(quantize(x, tile_2d=True).fp4, quantize_rtn_2d(x))),
     ]
 
     def rotated(kernel: Callable[[dict], Any], reference: Callable[..., NVFP4Tensor]) -> str | None:
         debug: dict[str, torch.Tensor] = {}
         result = kernel(debug)
-        return _same_fp4(result.fp4, reference(debug["rotated"], uniforms=debug["uniforms"]))
+        return fp4_difference(result.fp4, reference(debug["rotated"], uniforms=debug["uniforms"]))
 
     cases += [
         ("backward MS-EDEN (given the kernel's rotation)",
@@ -126,16 +112,29 @@ def exactness(device: torch.device, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def median_ms(fn: Callable[[], object]) -> float:
+    """Median ms of ``fn`` over ``triton.testing.do_bench``'s repetitions (CUDA events)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def layer_step(fn: Callable, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
+    """One forward+backward of ``fn(x, w)`` against the output gradient ``g``, the grads of
+    ``x`` and ``w`` cleared first (what every layer timing runs)."""
+
+    def run() -> None:
+        x.grad = w.grad = None
+        fn(x, w).backward(g)
+
+    return run
+
+
 def speed(device: torch.device, size: int = 8192, tokens: int = 8192, features: int = 4096) -> dict[str, float]:
     """The GEMM route's TFLOP/s at ``size``^3 against cuBLAS BF16, and a quartet2 linear layer's
     forward+backward against BF16's at ``tokens`` x ``features`` -> ``features``."""
-    from triton.testing import do_bench
-
     from .kernels.gemm import unscaled_gemm
     from .kernels.quantize import quantize
-
-    def median_ms(fn: Callable[[], object]) -> float:
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
     a = quantize(torch.randn(size, size, device=device, dtype=torch.bfloat16), unscaled_bf16=True)
     b = quantize(torch.randn(size, size, device=device, dtype=torch.bfloat16), unscaled_bf16=True)
@@ -148,16 +147,8 @@ def speed(device: torch.device, size: int = 8192, tokens: int = 8192, features: 
     w = torch.randn(features, features, device=device, dtype=torch.bfloat16, requires_grad=True)
     grad = torch.randn(tokens, features, device=device, dtype=torch.bfloat16)
     config = QuartetConfig()
-
-    def step(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            x.grad = w.grad = None
-            fn(x, w).backward(grad)
-
-        return run
-
-    layer_bf16 = median_ms(step(F.linear))
-    layer_quartet = median_ms(step(lambda x, w: linear(x, w, config=config)))
+    layer_bf16 = median_ms(layer_step(F.linear, x, w, grad))
+    layer_quartet = median_ms(layer_step(lambda x, w: linear(x, w, config=config), x, w, grad))
     return {
         "gemm_size": size,
         "cublas_bf16_tflops": flop / bf16_ms / 1e9,
@@ -172,7 +163,7 @@ def speed(device: torch.device, size: int = 8192, tokens: int = 8192, features: 
 
 def run(out: Path | None, seed: int | None = None, timings: bool = True) -> dict[str, Any]:
     """Everything the command prints, as a dict (written to ``out`` as JSON when given)."""
-    report: dict[str, Any] = {"command": " ".join(["quartet-check", *sys.argv[1:]]), "versions": _versions()}
+    report: dict[str, Any] = {"command": " ".join(["quartet-check", *sys.argv[1:]]), "versions": versions()}
     if not torch.cuda.is_available():
         report["device"] = "no CUDA GPU: every recipe runs on the pure-PyTorch reference"
         report["routes"] = routes(torch.device("cpu"))

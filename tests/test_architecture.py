@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "nvfp4": 0,
+    "version": 0,
     "reference": 1,
     "kernels": 1,
     "ops": 2,

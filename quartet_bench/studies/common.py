@@ -1,4 +1,5 @@
-"""Timing helpers shared by the kernel and layer studies (CUDA)."""
+"""Timing helpers shared by the kernel and layer studies (CUDA); the two that ``quartet-check``
+times with too come from :mod:`quartet_compile.check`."""
 
 from __future__ import annotations
 
@@ -6,13 +7,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
-from triton.testing import do_bench
 
+from quartet_compile.check import layer_step, median_ms
 
-def median_ms(fn: Callable[[], object]) -> float:
-    """Median ms of ``fn`` over ``triton.testing.do_bench``'s repetitions (CUDA events)."""
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+__all__ = ["copy_bandwidth", "host_us", "layer_step", "median_ms"]
 
 
 def copy_bandwidth() -> float:
@@ -33,14 +31,3 @@ def host_us(fn: Callable[[], object], calls: int = 200) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls * 1e6
-
-
-def layer_step(fn: Callable, x: Tensor, w: Tensor, g: Tensor) -> Callable[[], None]:
-    """One forward+backward of ``fn(x, w)`` against the output gradient ``g``, the grads of
-    ``x`` and ``w`` cleared first (what every layer benchmark times)."""
-
-    def run() -> None:
-        x.grad = w.grad = None
-        fn(x, w).backward(g)
-
-    return run

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from ..config import QuartetConfig
 from ..explain import explain
 from ..nvfp4.format import NVFP4Tensor
 from ..reference.layer import quantize_weight
+from ..version import __version__
 from .calibration import activation_scale, input_amax
 from .formats import Format, decode, extra_files, layer_tensors, quantization_config
 
@@ -225,19 +225,12 @@ def export(
         tensors = layer_tensors(fmt, q, activation_scale(amax[name]) if amax else None)
         del state[f"{name}.weight"]
         state.update({f"{name}.{key}": t.cpu() for key, t in tensors.items()})
-        exact = q.dequantize_unscaled() * q.tensor_scale
+        exact = q.dequantize(torch.float32)
         error = float((decode(fmt, tensors) - exact).abs().max() / exact.abs().max().clamp(min=1e-30))
         members, change = shared.get(name, ((), 0.0))
         report.layers.append(ExportedLayer(name, tuple(q.shape), members, change, error))
     _write(report, {n: t.contiguous().cpu() for n, t in state.items()}, _hf_config(root), dtype, bool(amax))
     return report
-
-
-def _version() -> str:
-    try:
-        return version("quartet-compile")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _write(
@@ -251,5 +244,5 @@ def _write(
     config = {**hf_config, "torch_dtype": str(dtype).removeprefix("torch.")}
     config["quantization_config"] = quantization_config(report.format, list(report.excluded), activations)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    for name, content in extra_files(report.format, list(report.excluded), _version()).items():
+    for name, content in extra_files(report.format, list(report.excluded), __version__).items():
         (out / name).write_text(json.dumps(content, indent=2) + "\n")
