@@ -94,21 +94,14 @@ def test_fused_groups_share_one_tensor_scale_and_report_the_change(tmp_path):
             )
             assert float(1 / whole.tensor_scale) == scales.pop()
             for m in members:
-                expected = rel(
-                    _exported(state, m), _trained(model, m, config).dequantize(torch.float32)
-                )  # fmt: skip
+                exported = decode(Format.COMPRESSED_TENSORS, _module_tensors(state, m))
+                expected = rel(exported, _trained(model, m, config).dequantize(torch.float32))
                 assert layers[m].group == tuple(members)
                 assert layers[m].relative_change == pytest.approx(expected, rel=1e-3, abs=1e-6)
     scaled_up = ("model.layers.0.self_attn.k_proj", "model.layers.0.mlp.up_proj")
     assert all(layers[m].relative_change == 0 for m in scaled_up)  # the group's scale is theirs
     assert all(layers[f"model.layers.0.{p}"].relative_change > 0.01 for p in ("self_attn.q_proj", "mlp.gate_proj"))
     assert layers["model.layers.0.self_attn.o_proj"].group == ()
-
-
-def _exported(state: dict[str, torch.Tensor], module: str) -> torch.Tensor:
-    tensors = _module_tensors(state, module)
-    values = decode(Format.COMPRESSED_TENSORS, tensors)
-    return values  # differs from the exact product by at most 2**-22 relative (tested above)
 
 
 def test_a_group_quantized_in_part_stays_in_high_precision(tmp_path):
