@@ -15,10 +15,10 @@ from fp4_asserts import assert_same_fp4
 from quartet_compile.config import QuartetConfig
 from quartet_compile.kernels import layer
 from quartet_compile.kernels.dequantize import dequantize_unscaled
-from quartet_compile.kernels.ms_eden import ms_eden
+from quartet_compile.kernels.ms_eden import ms_eden, ms_eden_pair
 from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e2m1_sr, e4m3_rne, e4m3_sr
 from quartet_compile.kernels.nvidia import nvidia_quantize
-from quartet_compile.kernels.quantize import quantize, tensor_amax, tensor_stats
+from quartet_compile.kernels.quantize import quantize, quantize_pair, tensor_amax, tensor_stats
 from quartet_compile.kernels.rotation import random_rotation, rotation_matrix
 from quartet_compile.reference import (
     decode_e2m1,
@@ -190,6 +190,32 @@ def forward_quantize(generator: torch.Generator) -> None:
     bad = _inputs(16, 32, torch.float32, generator)
     bad[2, 3] = float("nan")
     assert quantize(bad).fp4.dequantize().isnan().all()
+    forward_pairs(generator)
+
+
+def forward_pairs(generator: torch.Generator) -> None:
+    """The forward's two operands in one launch per pass are bit for bit the separate calls:
+    partial row and column tiles in both, a strided input, one operand on the exact-division
+    path, codes for the input or not, and an empty input."""
+    weight = _inputs(40, 272, torch.float32, generator).bfloat16()
+    tiny_weight = weight * 1e-30
+    for x, w, x_codes in (
+        (_inputs(37, 272, torch.float32, generator).bfloat16(), weight, True),
+        (_inputs(272, 64, torch.float32, generator).bfloat16().T, tiny_weight, False),
+        (torch.empty(0, 272, dtype=torch.bfloat16), weight, True),
+    ):
+        for four_over_six in (False, True):
+            pair = quantize_pair(x, w, four_over_six=four_over_six, x_codes=x_codes, unscaled_bf16=True)
+            separate = (
+                quantize(x, four_over_six=four_over_six, codes=x_codes, unscaled_bf16=True),
+                quantize(w, four_over_six=four_over_six, unscaled_bf16=True),
+            )
+            for together, alone in zip(pair, separate, strict=True):
+                assert (together.fp4 is None) == (alone.fp4 is None)
+                if alone.fp4 is not None:
+                    assert_same_fp4(together.fp4, alone.fp4)
+                assert torch.equal(together.unscaled_bf16, alone.unscaled_bf16)
+                assert torch.equal(together.tensor_scale, alone.tensor_scale)
 
 
 def check_random_rotation(n: int, generator: torch.Generator) -> None:
@@ -232,11 +258,35 @@ def ms_eden_stage(generator: torch.Generator) -> None:
         ref = quantize_ms_eden_rotated(debug["rotated"], uniforms=debug["uniforms"])
         assert_same_fp4(k.fp4, ref)
         assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
+    ms_eden_pairs(rotation, generator)
     again: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed, debug=again)
     other: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed + 1, debug=other)
     assert not torch.equal(again["uniforms"], other["uniforms"]), "the seed must change the draws"
+
+
+def ms_eden_pairs(rotation: torch.Tensor, generator: torch.Generator) -> None:
+    """A backward GEMM's two operands in one launch per pass (dgrad: ``g`` and the saved
+    weight; wgrad: ``g^T`` and the saved input; the saved operands' last row tiles are partial)
+    are bit for bit the two separate launches, amax rows and tensor scales included."""
+    g = _inputs(128, 256, torch.float32, generator).bfloat16()
+    weight = quantize(_inputs(256, 48, torch.float32, generator), four_over_six=True).fp4
+    x = quantize(_inputs(128, 80, torch.float32, generator), four_over_six=True).fp4
+    seeds = list(torch.randint(0, 2**62, (2,), generator=generator).unbind())
+    for a_transpose, b in ((False, weight), (True, x)):
+        stats, separate_stats = torch.zeros(3, 2), torch.zeros(3, 2)
+        pair = ms_eden_pair(g, b, rotation, seeds, stats, 1, a_transpose=a_transpose, codes=True, unscaled_bf16=True)
+        separate = (
+            ms_eden(
+                g, rotation, seeds[0], transpose=a_transpose, unscaled_bf16=True, stats=separate_stats, stats_row=1
+            ),
+            ms_eden(b, rotation, seeds[1], transpose=True, unscaled_bf16=True, stats=separate_stats, stats_row=2),
+        )
+        assert torch.equal(stats, separate_stats) and stats[1:, 0].min() > 0 and torch.equal(stats[0], torch.zeros(2))
+        for together, alone in zip(pair, separate, strict=True):
+            assert_same_fp4(together.fp4, alone.fp4)
+            assert torch.equal(together.unscaled_bf16, alone.unscaled_bf16)
 
 
 def nvidia_stage(generator: torch.Generator) -> None:

@@ -170,18 +170,41 @@ _QUANTIZE_SIGNATURE = {
 }
 
 
+def _two_slot_launch(kernel, signature: dict, shared: tuple, a: dict, b: dict | None, constexprs: dict) -> tuple:
+    """Signature and constexprs of a kernel that takes one operand (slot ``a``) or two (``TWO``)
+    per launch: ``signature`` lists one operand's arguments and the ``shared`` ones, ``a`` and
+    ``b`` each slot's constexprs (a ``PACKED`` source is uint8)."""
+    launch_signature = {k: signature[k] for k in shared}
+    launch_constexprs = {"TWO": b is not None, **constexprs}
+    for prefix, slot in (("a", a), ("b", b)):
+        for k in (k for k in signature if k not in shared):
+            if slot is None:
+                launch_constexprs[f"{prefix}_{k}"] = None
+            else:
+                packed_source = k in ("src_ptr", "x_ptr") and slot.get("PACKED")
+                launch_signature[f"{prefix}_{k}"] = "*u8" if packed_source else signature[k]
+        if prefix == "a":
+            launch_signature["a_programs"] = "i32"
+        launch_constexprs.update({f"{prefix.upper()}_{k}": v for k, v in (slot or a).items()})
+    return kernel, launch_signature, launch_constexprs
+
+
+_QUANTIZE_SHARED = ("stats_ptr", "value_max", "value_max_times_scale_max", "alt_factor")
+
+
+def _quantize_launch(two: bool, **constexprs) -> tuple:
+    slot = {"STORE_CODES": True, "STORE_DEQ": True}
+    return _two_slot_launch(
+        quantize._quantize_kernel, _QUANTIZE_SIGNATURE, _QUANTIZE_SHARED, slot, slot if two else None, constexprs
+    )
+
+
 @pytest.mark.parametrize(("four_over_six", "tile_2d"), [(False, False), (True, False), (False, True)])
 def test_quantize_kernel_ptx_rounds_exactly(four_over_six, tile_2d):
-    signature = _QUANTIZE_SIGNATURE
-    constexprs = {
-        "FOUR_OVER_SIX": four_over_six,
-        "TILE_2D": tile_2d,
-        "STORE_CODES": True,
-        "STORE_DEQ": True,
-        "BLOCK_R": 32,
-        "BLOCK_C": 128,
-    }
-    _assert_exact_rounding(quantize._quantize_kernel, signature, constexprs)
+    kernel, signature, constexprs = _quantize_launch(
+        not tile_2d, FOUR_OVER_SIX=four_over_six, TILE_2D=tile_2d, BLOCK_R=32, BLOCK_C=128
+    )
+    _assert_exact_rounding(kernel, signature, constexprs)
 
 
 _MS_EDEN_SIGNATURE = {
@@ -209,18 +232,27 @@ _MS_EDEN_SIGNATURE = {
 }
 
 
+_MS_EDEN_SHARED = (
+    "rotation_ptr",
+    "stride_rot_k",
+    "stride_rot_n",
+    "stats_ptr",
+    "value_max",
+    "value_max_times_scale_max",
+)
+
+
+def _ms_eden_launch(a: dict, b: dict | None) -> tuple:
+    """``_ms_eden_kernel``'s quantize pass over operand ``a`` and optionally ``b`` in the same
+    launch, each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``."""
+    constexprs = {"AMAX_PASS": False, "EMULATED": False, "DEBUG": False, "BLOCK_R": 64}
+    slots = [None if slot is None else {**slot, "SPLITS": 1} for slot in (a, b)]
+    return _two_slot_launch(ms_eden._ms_eden_kernel, _MS_EDEN_SIGNATURE, _MS_EDEN_SHARED, *slots, constexprs)
+
+
 def test_ms_eden_kernel_ptx_rounds_exactly():
-    constexprs = {
-        "AMAX_PASS": False,
-        "PACKED": False,
-        "SPLITS": 1,
-        "EMULATED": False,
-        "STORE_CODES": True,
-        "STORE_DEQ": True,
-        "DEBUG": False,
-        "BLOCK_R": 64,
-    }
-    ptx = _assert_exact_rounding(ms_eden._ms_eden_kernel, _MS_EDEN_SIGNATURE, constexprs)
+    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": True, "STORE_DEQ": True}, None)
+    ptx = _assert_exact_rounding(kernel, signature, constexprs)
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
     # The rotation's columns are loaded in accumulator order, so every 16-block lies in one
     # thread: the only shuffles left sum the EDEN correction over a row's four lanes (a
@@ -334,17 +366,6 @@ def test_native_gemm_needs_blackwell_and_a_passed_check(monkeypatch):
     assert checks == [1, 2]
 
 
-def _quantize_case(**constexprs):
-    return quantize._quantize_kernel, _QUANTIZE_SIGNATURE, {"STORE_CODES": True, "STORE_DEQ": True, **constexprs}
-
-
-def _ms_eden_case(packed: bool):
-    signature = {**_MS_EDEN_SIGNATURE, "src_ptr": "*u8" if packed else "*bf16"}
-    constexprs = {"AMAX_PASS": False, "PACKED": packed, "SPLITS": 1, "EMULATED": False, "STORE_CODES": not packed,
-                  "STORE_DEQ": packed, "DEBUG": False, "BLOCK_R": 64}  # fmt: skip
-    return ms_eden._ms_eden_kernel, signature, constexprs
-
-
 def _nvidia_case(rotate: bool):
     signature = {k: v for k, v in _MS_EDEN_SIGNATURE.items() if k not in ("src_scales_ptr", "src_tensor_scale_ptr")}
     constexprs = {"AMAX_PASS": False, "ROTATE": rotate, "STOCHASTIC": True, "SPLITS": 1, "EMULATED": False,
@@ -353,11 +374,18 @@ def _nvidia_case(rotate: bool):
 
 
 EXACT_KERNELS = {
-    "quantize rtn": _quantize_case(FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
-    "quantize 4/6": _quantize_case(FOUR_OVER_SIX=True, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
-    "quantize 16x16 tiles": _quantize_case(FOUR_OVER_SIX=False, TILE_2D=True, BLOCK_R=16, BLOCK_C=128),
-    "ms-eden quantize pass": _ms_eden_case(packed=False),
-    "ms-eden re-quantize pass": _ms_eden_case(packed=True),
+    "quantize rtn": _quantize_launch(True, FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
+    "quantize 4/6": _quantize_launch(True, FOUR_OVER_SIX=True, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
+    "quantize 16x16 tiles": _quantize_launch(False, FOUR_OVER_SIX=False, TILE_2D=True, BLOCK_R=16, BLOCK_C=128),
+    # A backward GEMM's two operands in one launch: g (codes for a native GEMM) and a saved operand.
+    "ms-eden pair, codes": _ms_eden_launch(
+        {"PACKED": False, "STORE_CODES": True, "STORE_DEQ": False},
+        {"PACKED": True, "STORE_CODES": True, "STORE_DEQ": False},
+    ),
+    "ms-eden pair, bf16 operands": _ms_eden_launch(
+        {"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True},
+        {"PACKED": True, "STORE_CODES": False, "STORE_DEQ": True},
+    ),
     "nvidia sr": _nvidia_case(rotate=False),
     "nvidia rht-16 + sr": _nvidia_case(rotate=True),
 }

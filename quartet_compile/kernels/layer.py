@@ -20,6 +20,10 @@ CUDA-graph replays draw fresh values: one seed per stochastically quantized oper
 from which the rotation kernel draws the signs (128 for MS-EDEN, 16 for ``nvidia``). That launch
 also zeroes the amax rows of all the backward's quantizers; the forward's two quantizers share
 one zeroed buffer.
+
+A GEMM's two operands are quantized together, one launch per pass for both
+(:func:`.quantize.quantize_pair`, :func:`.ms_eden.ms_eden_pair`): launches, not bytes, set the
+host time of a compiled step at ordinary model sizes.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from ..nvfp4.saved import Saved
 from .blackwell import NATIVE_K_MULTIPLE, dot_scaled_gemm
 from .dequantize import dequantize_unscaled
 from .gemm import unscaled_gemm
-from .ms_eden import ms_eden
+from .ms_eden import ms_eden_pair
 from .nvidia import nvidia_quantize
-from .quantize import Quantized, quantize, stats_scratch
+from .quantize import Quantized, quantize, quantize_pair, stats_scratch
 from .rotation import random_rotation
 
 
@@ -71,17 +75,18 @@ def forward(
     nvidia = numerics.forward is ForwardQuant.NVIDIA
     route = operands(native, x.shape[1])
     codes, unscaled_bf16 = route["codes"] or not nvidia, route["unscaled_bf16"]
-    stats = stats_scratch(2, x.device)
-    xq = quantize(x, four_over_six=four_over_six, codes=codes, unscaled_bf16=unscaled_bf16, stats=stats)
-    wq = quantize(
-        weight, four_over_six=four_over_six, tile_2d=nvidia, unscaled_bf16=unscaled_bf16, stats=stats, stats_row=1
-    )
+    if nvidia:
+        stats = stats_scratch(2, x.device)
+        xq = quantize(x, codes=codes, unscaled_bf16=unscaled_bf16, stats=stats)
+        wq = quantize(weight, tile_2d=True, unscaled_bf16=unscaled_bf16, stats=stats, stats_row=1)
+    else:
+        xq, wq = quantize_pair(x, weight, four_over_six=four_over_six, x_codes=codes, unscaled_bf16=unscaled_bf16)
     saved = Saved(x=x, wq=wq.fp4) if numerics.saves_x else Saved(xq=xq.fp4, wq=wq.fp4)
     return nvfp4_gemm(xq, wq, x.dtype, bias), saved
 
 
 def _ms_eden_gemm(
-    a: Tensor | NVFP4Tensor,
+    a: Tensor,
     a_transpose: bool,
     b: NVFP4Tensor,
     rotation: Tensor,
@@ -93,9 +98,8 @@ def _ms_eden_gemm(
 ) -> Tensor:
     """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction;
     ``seeds``: two 0-d seed tensors; ``stats``: zeroed amax rows ``stats_row`` and the next."""
-    options = operands(native, b.codes.shape[0])
-    aq = ms_eden(a, rotation, seeds[0], transpose=a_transpose, stats=stats, stats_row=stats_row, **options)
-    bq = ms_eden(b, rotation, seeds[1], transpose=True, stats=stats, stats_row=stats_row + 1, **options)
+    aq, bq = ms_eden_pair(a, b, rotation, seeds, stats, stats_row, a_transpose=a_transpose,
+                          **operands(native, b.codes.shape[0]))  # fmt: skip
     return nvfp4_gemm(aq, bq, out_dtype)
 
 

@@ -17,6 +17,9 @@ pass and a quantize pass that recomputes the (cheap) rotation instead of storing
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -52,9 +55,8 @@ def _rotated_tile(
     src_ptr,
     src_scales_ptr,
     src_tensor_scale_ptr,
-    rotation_ptr,
-    stride_rot_k,
-    stride_rot_n,
+    rotation,
+    r0,
     r,
     row_ok,
     c0,
@@ -66,13 +68,12 @@ def _rotated_tile(
     EMULATED: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    """float32 ``[BLOCK_R, 128]``: rows ``r`` of the operand, columns ``c0 .. c0+128``, rotated."""
+    """float32 ``[BLOCK_R, 128]``: rows ``r = r0 .. r0+BLOCK_R`` of the operand, columns
+    ``c0 .. c0+128``, times ``rotation`` (bf16, its columns in accumulator order)."""
     g = tl.arange(0, 128)
-    rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
     if PACKED:
         # Operand[r, c] = deq(Q)[c, r] for a saved Q of shape [cols, rows] quantized along rows.
         cq = (c0 + g).to(tl.int64)
-        r0 = tl.program_id(0) * BLOCK_R
         half = r0 // 2 + tl.arange(0, BLOCK_R // 2)
         packed = tl.load(src_ptr + cq[:, None] * (rows // 2) + half[None, :], mask=(half < rows // 2)[None, :], other=0)
         codes = tl.reshape(tl.join(packed & 15, packed >> 4), (128, BLOCK_R))
@@ -136,18 +137,15 @@ def _eden_blocks(lo, hi, s_t, value_max, uniforms, FAST: tl.constexpr):
 
 
 @triton.jit
-def _ms_eden_kernel(
+def _ms_eden_program(
+    p,
     src_ptr,
     src_scales_ptr,
     src_tensor_scale_ptr,
-    rotation_ptr,
-    stride_rot_k,
-    stride_rot_n,
     rows,
     cols,
     stride_r,
     stride_c,
-    stats_ptr,
     stats_row,
     seed_ptr,
     codes_ptr,
@@ -156,28 +154,34 @@ def _ms_eden_kernel(
     tensor_scale_ptr,
     rotated_ptr,
     uniforms_ptr,
+    stats_ptr,
+    rotation,
     value_max,
     value_max_times_scale_max,
     AMAX_PASS: tl.constexpr,
     PACKED: tl.constexpr,
     SPLITS: tl.constexpr,
-    EMULATED: tl.constexpr,
     STORE_CODES: tl.constexpr,
     STORE_DEQ: tl.constexpr,
+    EMULATED: tl.constexpr,
     DEBUG: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
+    """Program ``p`` of one operand's pass: rows ``r0 .. r0+BLOCK_R`` of its 128-column group
+    ``group`` (consecutive programs take consecutive row tiles of one group)."""
+    row_tiles = tl.cdiv(rows, BLOCK_R)
+    group = p // row_tiles
+    r0 = (p % row_tiles) * BLOCK_R
     stats_ptr += 2 * stats_row
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = r0 + tl.arange(0, BLOCK_R)
     row_ok = r < rows
-    c0 = tl.program_id(1) * 128
+    c0 = group * 128
     rot = _rotated_tile(
         src_ptr,
         src_scales_ptr,
         src_tensor_scale_ptr,
-        rotation_ptr,
-        stride_rot_k,
-        stride_rot_n,
+        rotation,
+        r0,
         r,
         row_ok,
         c0,
@@ -191,40 +195,250 @@ def _ms_eden_kernel(
     )
     if AMAX_PASS:
         accumulate_stats(rot, stats_ptr)
-        return
-
-    s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr)
-    lo, hi = _halves(rot)
-    blocks = c0 // 16 + tl.arange(0, 8)
-    uniforms = _block_uniforms(tl.load(seed_ptr), r, tl.program_id(1), cols)
-    if fast_division_ok(stats_ptr, s_t):
-        s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, True)
     else:
-        s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, False)
+        s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, p == 0)
+        lo, hi = _halves(rot)
+        blocks = c0 // 16 + tl.arange(0, 8)
+        uniforms = _block_uniforms(tl.load(seed_ptr), r, group, cols)
+        if fast_division_ok(stats_ptr, s_t):
+            s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, True)
+        else:
+            s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, False)
 
-    mask = tl.broadcast_to(row_ok[:, None], (BLOCK_R, 8))
-    if DEBUG:
-        c = c0 + tl.arange(0, 8)[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
-        rotated_ptrs = rotated_ptr + r.to(tl.int64)[:, None, None] * cols + c
-        tl.store(rotated_ptrs, lo, mask=mask[:, :, None])
-        tl.store(rotated_ptrs + 8, hi, mask=mask[:, :, None])
-        tl.store(uniforms_ptr + r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :], uniforms, mask=mask)
-    store_half_blocks(
-        codes_ptr,
-        scales_ptr,
-        deq_ptr,
-        r,
-        blocks,
-        cols,
-        mask,
-        s_b,
-        q_lo,
-        q_hi,
-        code_lo,
-        code_hi,
-        STORE_CODES,
-        STORE_DEQ,
+        mask = tl.broadcast_to(row_ok[:, None], (BLOCK_R, 8))
+        if DEBUG:
+            c = c0 + tl.arange(0, 8)[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
+            rotated_ptrs = rotated_ptr + r.to(tl.int64)[:, None, None] * cols + c
+            tl.store(rotated_ptrs, lo, mask=mask[:, :, None])
+            tl.store(rotated_ptrs + 8, hi, mask=mask[:, :, None])
+            tl.store(uniforms_ptr + r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :], uniforms, mask=mask)
+        store_half_blocks(
+            codes_ptr,
+            scales_ptr,
+            deq_ptr,
+            r,
+            blocks,
+            cols,
+            mask,
+            s_b,
+            q_lo,
+            q_hi,
+            code_lo,
+            code_hi,
+            STORE_CODES,
+            STORE_DEQ,
+        )
+
+
+@triton.jit
+def _ms_eden_kernel(
+    rotation_ptr,
+    stride_rot_k,
+    stride_rot_n,
+    stats_ptr,
+    value_max,
+    value_max_times_scale_max,
+    a_src_ptr,
+    a_src_scales_ptr,
+    a_src_tensor_scale_ptr,
+    a_rows,
+    a_cols,
+    a_stride_r,
+    a_stride_c,
+    a_stats_row,
+    a_seed_ptr,
+    a_codes_ptr,
+    a_scales_ptr,
+    a_deq_ptr,
+    a_tensor_scale_ptr,
+    a_rotated_ptr,
+    a_uniforms_ptr,
+    a_programs,
+    b_src_ptr,
+    b_src_scales_ptr,
+    b_src_tensor_scale_ptr,
+    b_rows,
+    b_cols,
+    b_stride_r,
+    b_stride_c,
+    b_stats_row,
+    b_seed_ptr,
+    b_codes_ptr,
+    b_scales_ptr,
+    b_deq_ptr,
+    b_tensor_scale_ptr,
+    b_rotated_ptr,
+    b_uniforms_ptr,
+    AMAX_PASS: tl.constexpr,
+    A_PACKED: tl.constexpr,
+    A_SPLITS: tl.constexpr,
+    A_STORE_CODES: tl.constexpr,
+    A_STORE_DEQ: tl.constexpr,
+    B_PACKED: tl.constexpr,
+    B_SPLITS: tl.constexpr,
+    B_STORE_CODES: tl.constexpr,
+    B_STORE_DEQ: tl.constexpr,
+    TWO: tl.constexpr,
+    EMULATED: tl.constexpr,
+    DEBUG: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """One pass over one operand, or over two (``TWO``) in one launch: the first ``a_programs``
+    programs take operand ``a``, the rest operand ``b``, so that a GEMM's two operands cost one
+    launch per pass. Each program loads the rotation (columns in accumulator order)."""
+    g = tl.arange(0, 128)
+    rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
+    p = tl.program_id(0)
+    if p < a_programs:
+        _ms_eden_program(
+            p,
+            a_src_ptr,
+            a_src_scales_ptr,
+            a_src_tensor_scale_ptr,
+            a_rows,
+            a_cols,
+            a_stride_r,
+            a_stride_c,
+            a_stats_row,
+            a_seed_ptr,
+            a_codes_ptr,
+            a_scales_ptr,
+            a_deq_ptr,
+            a_tensor_scale_ptr,
+            a_rotated_ptr,
+            a_uniforms_ptr,
+            stats_ptr,
+            rotation,
+            value_max,
+            value_max_times_scale_max,
+            AMAX_PASS,
+            A_PACKED,
+            A_SPLITS,
+            A_STORE_CODES,
+            A_STORE_DEQ,
+            EMULATED,
+            DEBUG,
+            BLOCK_R,
+        )
+    if TWO:
+        if p >= a_programs:
+            _ms_eden_program(
+                p - a_programs,
+                b_src_ptr,
+                b_src_scales_ptr,
+                b_src_tensor_scale_ptr,
+                b_rows,
+                b_cols,
+                b_stride_r,
+                b_stride_c,
+                b_stats_row,
+                b_seed_ptr,
+                b_codes_ptr,
+                b_scales_ptr,
+                b_deq_ptr,
+                b_tensor_scale_ptr,
+                b_rotated_ptr,
+                b_uniforms_ptr,
+                stats_ptr,
+                rotation,
+                value_max,
+                value_max_times_scale_max,
+                AMAX_PASS,
+                B_PACKED,
+                B_SPLITS,
+                B_STORE_CODES,
+                B_STORE_DEQ,
+                EMULATED,
+                DEBUG,
+                BLOCK_R,
+            )
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One operand of a launch: its runtime arguments and constexprs in the kernel's slot order,
+    its program count, and the buffers it writes."""
+
+    args: tuple
+    constexprs: dict[str, Any]
+    programs: int
+    out: Outputs
+
+    @classmethod
+    def of(
+        cls,
+        operand: Tensor | NVFP4Tensor,
+        seed: Tensor,
+        *,
+        transpose: bool,
+        codes: bool,
+        unscaled_bf16: bool,
+        stats_row: int,
+        debug: dict[str, Tensor] | None,
+        block_r: int,
+    ) -> _Slot:
+        packed = isinstance(operand, NVFP4Tensor)
+        if packed:
+            if not transpose:
+                raise ValueError("a saved FP4 operand is re-quantized along its rows: pass transpose=True")
+            cols, rows = operand.codes.shape[0], 2 * operand.codes.shape[1]
+            device, src, strides = operand.codes.device, operand.codes, (0, 0)
+            splits = 1
+        else:
+            src = operand.T if transpose else operand
+            rows, cols = src.shape
+            device, strides = src.device, (src.stride(0), src.stride(1))
+            splits = SPLITS[src.dtype]
+        if misaligned(cols, EDEN_GROUP) or misaligned(rows, BLOCK):
+            raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
+        out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
+        rotated, uniforms = out.debug_buffers(debug, cols // BLOCK)
+        args = (
+            src,
+            operand.scales.view(torch.uint8) if packed else None,
+            operand.tensor_scale if packed else None,
+            rows,
+            cols,
+            *strides,
+            stats_row,
+            seed,
+            out.codes,
+            out.scales,
+            out.unscaled_bf16,
+            out.tensor_scale,
+            rotated,
+            uniforms,
+        )
+        constexprs = {"PACKED": packed, "SPLITS": splits, "STORE_CODES": codes, "STORE_DEQ": unscaled_bf16}
+        return cls(args, constexprs, cdiv(rows, block_r) * (cols // EDEN_GROUP), out)
+
+    def result(self) -> Quantized:
+        return self.out.result(torch.Size(self.out.shape), torch.float32)
+
+
+def _launch(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, cfg: dict[str, Any], debug: bool) -> None:
+    """Both passes over one or two operands, one launch each."""
+    a, b = slots[0], slots[-1]
+    value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
+    args = (
+        rotation,
+        *rotation.stride(),
+        stats,
+        value_max,
+        value_max * MS_EDEN_SCALE_MAX,
+        *a.args,
+        a.programs,
+        *(b.args if len(slots) == 2 else (None,) * len(a.args)),
     )
+    constexprs = {
+        **{f"A_{k}": v for k, v in a.constexprs.items()},
+        **{f"B_{k}": v for k, v in b.constexprs.items()},
+        "TWO": len(slots) == 2,
+        "EMULATED": rotation.device.type != "cuda",
+        "DEBUG": debug,
+        **cfg,
+    }
+    two_passes(_ms_eden_kernel, (sum(slot.programs for slot in slots),), args, constexprs)
 
 
 def ms_eden(
@@ -250,55 +464,36 @@ def ms_eden(
     ``stats``, ``stats_row``: a row of a zeroed :func:`.quantize.stats_scratch` for the amax
     pass, so that a caller quantizing several operands zeroes one buffer for all of them.
     """
-    packed = isinstance(operand, NVFP4Tensor)
-    if packed:
-        if not transpose:
-            raise ValueError("a saved FP4 operand is re-quantized along its rows: pass transpose=True")
-        cols, rows = operand.codes.shape[0], 2 * operand.codes.shape[1]
-        device, src, strides = operand.codes.device, operand.codes, (0, 0)
-        splits = 1
-    else:
-        src = operand.T if transpose else operand
-        rows, cols = src.shape
-        device, strides = src.device, (src.stride(0), src.stride(1))
-        splits = SPLITS[src.dtype]
-    if misaligned(cols, EDEN_GROUP) or misaligned(rows, BLOCK):
-        raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
-    out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
-    rotated, uniforms = out.debug_buffers(debug, cols // BLOCK)
+    cfg = config("ms_eden", operand.codes.device if isinstance(operand, NVFP4Tensor) else operand.device)
+    slot = _Slot.of(operand, seed, transpose=transpose, codes=codes, unscaled_bf16=unscaled_bf16,
+                    stats_row=stats_row, debug=debug, block_r=cfg["BLOCK_R"])  # fmt: skip
     if stats is None:
-        stats = stats_scratch(1, device)
-    value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
-    cfg = config("ms_eden", device)
-    args = (
-        src,
-        operand.scales.view(torch.uint8) if packed else None,
-        operand.tensor_scale if packed else None,
-        rotation,
-        *rotation.stride(),
-        rows,
-        cols,
-        *strides,
-        stats,
-        stats_row,
-        seed,
-        out.codes,
-        out.scales,
-        out.unscaled_bf16,
-        out.tensor_scale,
-        rotated,
-        uniforms,
-        value_max,
-        value_max * MS_EDEN_SCALE_MAX,
-    )
-    constexprs = {
-        "PACKED": packed,
-        "SPLITS": splits,
-        "EMULATED": device.type != "cuda",
-        "STORE_CODES": codes,
-        "STORE_DEQ": unscaled_bf16,
-        "DEBUG": debug is not None,
-        **cfg,
-    }
-    two_passes(_ms_eden_kernel, (cdiv(rows, cfg["BLOCK_R"]), cols // EDEN_GROUP), args, constexprs)
-    return out.result(torch.Size((rows, cols)), torch.float32)
+        stats = stats_scratch(1, rotation.device)
+    _launch([slot], rotation, stats, cfg, debug is not None)
+    return slot.result()
+
+
+def ms_eden_pair(
+    a: Tensor,
+    b: NVFP4Tensor,
+    rotation: Tensor,
+    seeds: Sequence[Tensor],
+    stats: Tensor,
+    stats_row: int,
+    *,
+    a_transpose: bool,
+    codes: bool,
+    unscaled_bf16: bool,
+) -> tuple[Quantized, Quantized]:
+    """The two operands of a backward GEMM in one launch per pass: :func:`ms_eden` of ``a``
+    (``a.T`` with ``a_transpose``) with ``seeds[0]`` into amax row ``stats_row``, and of the
+    saved ``b``'s dequantized transpose with ``seeds[1]`` into the next row. Bit for bit the
+    two separate calls; half their launches."""
+    cfg = config("ms_eden", a.device)
+    options = {"codes": codes, "unscaled_bf16": unscaled_bf16, "debug": None, "block_r": cfg["BLOCK_R"]}
+    slots = [
+        _Slot.of(a, seeds[0], transpose=a_transpose, stats_row=stats_row, **options),
+        _Slot.of(b, seeds[1], transpose=True, stats_row=stats_row + 1, **options),
+    ]
+    _launch(slots, rotation, stats, cfg, False)
+    return slots[0].result(), slots[1].result()

@@ -285,11 +285,11 @@ def tensor_scale(amax, value_max_times_scale_max):
 
 
 @triton.jit
-def published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr):
-    """``s_t`` from the ``[amax, tiny]`` statistics of the pass before; program ``(0, 0)`` also
-    writes it out, once for the whole tensor."""
+def published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, first):
+    """``s_t`` from the ``[amax, tiny]`` statistics of the pass before; the ``first`` program of
+    the tensor also writes it out, once for the whole tensor."""
     s_t = tensor_scale(tl.load(stats_ptr), value_max_times_scale_max)
-    if tl.program_id(0) == 0 and tl.program_id(1) == 0:
+    if first:
         tl.store(tensor_scale_ptr, s_t)
     return s_t
 

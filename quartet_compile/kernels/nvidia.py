@@ -149,7 +149,9 @@ def _nvidia_kernel(
         accumulate_stats(x, stats_ptr)
         return
 
-    s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr)
+    s_t = published_tensor_scale(
+        stats_ptr, value_max_times_scale_max, tensor_scale_ptr, (tl.program_id(0) == 0) & (tl.program_id(1) == 0)
+    )
     lo, hi = tl.split(tl.permute(tl.reshape(x, (BLOCK_R, NB, 2, 8)), (0, 1, 3, 2)))
     if STOCHASTIC:
         u_lo, u_hi = _element_uniforms(tl.load(seed_ptr), r, blocks, cols)

@@ -37,14 +37,27 @@ EXACT = {"enable_fp_fusion": False}
 
 
 @triton.jit
-def _stats_kernel(x_ptr, n, stats_ptr, stats_row, BLOCK_SIZE: tl.constexpr):
+def _stats_kernel(
+    stats_ptr, a_ptr, a_n, a_stats_row, a_programs, b_ptr, b_n, b_stats_row, TWO: tl.constexpr, BLOCK_SIZE: tl.constexpr
+):
     """Row ``stats_row`` of ``stats_ptr`` (pre-zeroed float32 ``[rows, 2]``) <- ``[max |x|, 1 if
-    some 0 < |x| < FAST_DIVISION_MIN]``. NaN counts as +inf so that non-finite input yields a NaN
-    tensor scale downstream; the flag sends the block pass to exact per-element division
-    (:func:`nvfp4_math.divide`)."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    some 0 < |x| < FAST_DIVISION_MIN]`` of a flat tensor, or of two (``TWO``: the first
+    ``a_programs`` programs read ``a``, the rest ``b``) in one launch. NaN counts as +inf so that
+    non-finite input yields a NaN tensor scale downstream; the flag sends the block pass to
+    exact per-element division (:func:`nvfp4_math.divide`)."""
+    p = tl.program_id(0)
+    if p < a_programs:
+        _accumulate_chunk(a_ptr, a_n, p, stats_ptr + 2 * a_stats_row, BLOCK_SIZE)
+    if TWO:
+        if p >= a_programs:
+            _accumulate_chunk(b_ptr, b_n, p - a_programs, stats_ptr + 2 * b_stats_row, BLOCK_SIZE)
+
+
+@triton.jit
+def _accumulate_chunk(x_ptr, n, chunk, stats_ptr, BLOCK_SIZE: tl.constexpr):
+    offsets = chunk.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     x = tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32)
-    accumulate_stats(x, stats_ptr + 2 * stats_row)
+    accumulate_stats(x, stats_ptr)
 
 
 def stats_scratch(rows: int, device: torch.device) -> Tensor:
@@ -61,8 +74,17 @@ def tensor_stats(x: Tensor, stats: Tensor | None = None, stats_row: int = 0) -> 
         stats = stats_scratch(1, x.device)
     if x.numel():
         cfg = config("stats", x.device)
-        run(_stats_kernel, (cdiv(x.numel(), cfg["BLOCK_SIZE"]),), x, x.numel(), stats, stats_row, **cfg)
+        programs = cdiv(x.numel(), cfg["BLOCK_SIZE"])
+        run(_stats_kernel, (programs,), stats, x, x.numel(), stats_row, programs, None, 0, 0, TWO=False, **cfg)
     return stats[stats_row]
+
+
+def _pair_stats(a: Tensor, b: Tensor, stats: Tensor) -> None:
+    """:func:`tensor_stats` of two non-empty contiguous tensors into rows 0 and 1, one launch."""
+    cfg = config("stats", a.device)
+    programs = cdiv(a.numel(), cfg["BLOCK_SIZE"])
+    grid = (programs + cdiv(b.numel(), cfg["BLOCK_SIZE"]),)
+    run(_stats_kernel, grid, stats, a, a.numel(), 0, programs, b, b.numel(), 1, TWO=True, **cfg)
 
 
 def tensor_amax(x: Tensor) -> Tensor:
@@ -115,7 +137,9 @@ def _quantize_blocks(
 
 
 @triton.jit
-def _quantize_kernel(
+def _quantize_program(
+    pid_r,
+    pid_c,
     x_ptr,
     rows,
     cols,
@@ -137,9 +161,8 @@ def _quantize_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    """Rows ``pid_r * BLOCK_R ..`` and columns ``pid_c * BLOCK_C ..`` of one operand."""
     NB: tl.constexpr = BLOCK_C // 16
-    pid_r = tl.program_id(0)
-    pid_c = tl.program_id(1)
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     blocks = pid_c * NB + tl.arange(0, NB)
     r64 = r.to(tl.int64)[:, None, None]
@@ -151,7 +174,7 @@ def _quantize_kernel(
     hi = tl.load(lo_ptrs + 8 * stride_c, mask=mask, other=0.0).to(tl.float32)
 
     stats_ptr += 2 * stats_row
-    s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr)
+    s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, (pid_r == 0) & (pid_c == 0))
 
     if fast_division_ok(stats_ptr, s_t):
         s_b, q_lo, q_hi, code_lo, code_hi = _quantize_blocks(
@@ -178,6 +201,103 @@ def _quantize_kernel(
         STORE_CODES,
         STORE_DEQ,
     )
+
+
+@triton.jit
+def _quantize_kernel(
+    stats_ptr,
+    value_max,
+    value_max_times_scale_max,
+    alt_factor,
+    a_x_ptr,
+    a_rows,
+    a_cols,
+    a_stride_r,
+    a_stride_c,
+    a_stats_row,
+    a_codes_ptr,
+    a_scales_ptr,
+    a_deq_ptr,
+    a_tensor_scale_ptr,
+    a_programs,
+    b_x_ptr,
+    b_rows,
+    b_cols,
+    b_stride_r,
+    b_stride_c,
+    b_stats_row,
+    b_codes_ptr,
+    b_scales_ptr,
+    b_deq_ptr,
+    b_tensor_scale_ptr,
+    FOUR_OVER_SIX: tl.constexpr,
+    TILE_2D: tl.constexpr,
+    A_STORE_CODES: tl.constexpr,
+    A_STORE_DEQ: tl.constexpr,
+    B_STORE_CODES: tl.constexpr,
+    B_STORE_DEQ: tl.constexpr,
+    TWO: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """The block pass over one operand, or over two (``TWO``) in one launch: the first
+    ``a_programs`` programs take operand ``a`` (consecutive programs take consecutive row tiles),
+    the rest operand ``b``."""
+    p = tl.program_id(0)
+    if p < a_programs:
+        row_blocks = tl.cdiv(a_rows, BLOCK_R)
+        _quantize_program(
+            p % row_blocks,
+            p // row_blocks,
+            a_x_ptr,
+            a_rows,
+            a_cols,
+            a_stride_r,
+            a_stride_c,
+            stats_ptr,
+            a_stats_row,
+            a_codes_ptr,
+            a_scales_ptr,
+            a_deq_ptr,
+            a_tensor_scale_ptr,
+            value_max,
+            value_max_times_scale_max,
+            alt_factor,
+            FOUR_OVER_SIX,
+            TILE_2D,
+            A_STORE_CODES,
+            A_STORE_DEQ,
+            BLOCK_R,
+            BLOCK_C,
+        )
+    if TWO:
+        if p >= a_programs:
+            q = p - a_programs
+            row_blocks = tl.cdiv(b_rows, BLOCK_R)
+            _quantize_program(
+                q % row_blocks,
+                q // row_blocks,
+                b_x_ptr,
+                b_rows,
+                b_cols,
+                b_stride_r,
+                b_stride_c,
+                stats_ptr,
+                b_stats_row,
+                b_codes_ptr,
+                b_scales_ptr,
+                b_deq_ptr,
+                b_tensor_scale_ptr,
+                value_max,
+                value_max_times_scale_max,
+                alt_factor,
+                FOUR_OVER_SIX,
+                TILE_2D,
+                B_STORE_CODES,
+                B_STORE_DEQ,
+                BLOCK_R,
+                BLOCK_C,
+            )
 
 
 @dataclass(frozen=True)
@@ -255,6 +375,50 @@ def _check_last_dim(x: Tensor, multiple: int) -> None:
         )
 
 
+def _block_pass_slot(x: Tensor, out: Outputs, stats_row: int, cfg: dict[str, Any]) -> tuple[tuple, int]:
+    """One operand's arguments of :func:`_quantize_kernel` (a slot) and its program count."""
+    rows, cols = x.shape
+    args = (
+        x,
+        rows,
+        cols,
+        x.stride(0),
+        x.stride(1),
+        stats_row,
+        out.codes,
+        out.scales,
+        out.unscaled_bf16,
+        out.tensor_scale,
+    )
+    return args, cdiv(rows, cfg["BLOCK_R"]) * cdiv(cols, cfg["BLOCK_C"])
+
+
+def _block_pass(slots: list[tuple[tuple, int, Outputs]], stats: Tensor, scale_max: float, cfg: dict[str, Any],
+                *, four_over_six: bool, tile_2d: bool) -> None:  # fmt: skip
+    """The block pass over one operand or two, in one launch."""
+    (a_args, a_programs, a_out), (b_args, _, b_out) = slots[0], slots[-1]
+    run(
+        _quantize_kernel,
+        (sum(programs for _, programs, _ in slots),),
+        stats,
+        E2M1_MAX,
+        E2M1_MAX * scale_max,
+        FOUR_OVER_SIX_ALT_FACTOR,
+        *a_args,
+        a_programs,
+        *(b_args if len(slots) == 2 else (None,) * len(a_args)),
+        FOUR_OVER_SIX=four_over_six,
+        TILE_2D=tile_2d,
+        A_STORE_CODES=a_out.codes is not None,
+        A_STORE_DEQ=a_out.unscaled_bf16 is not None,
+        B_STORE_CODES=b_out.codes is not None,
+        B_STORE_DEQ=b_out.unscaled_bf16 is not None,
+        TWO=len(slots) == 2,
+        **cfg,
+        **EXACT,
+    )
+
+
 def quantize(
     x: Tensor,
     *,
@@ -274,37 +438,44 @@ def quantize(
     if tile_2d and (four_over_six or misaligned(rows, BLOCK)):
         raise ValueError(f"16x16 block scaling is RTN only and needs rows % 16 == 0, got {rows} rows")
     cfg = config("quantize_tile_2d" if tile_2d else "quantize", x.device)
-    scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
     out = Outputs.allocate(rows, cols, x.device, codes=codes, unscaled_bf16=unscaled_bf16)
     if stats is None:
         stats = stats_scratch(1, x.device)
     tensor_stats(x, stats, stats_row)
     if x.numel():
-        grid = (cdiv(rows, cfg["BLOCK_R"]), cdiv(cols, cfg["BLOCK_C"]))
-        run(
-            _quantize_kernel,
-            grid,
-            x,
-            rows,
-            cols,
-            x.stride(0),
-            x.stride(1),
-            stats,
-            stats_row,
-            out.codes,
-            out.scales,
-            out.unscaled_bf16,
-            out.tensor_scale,
-            E2M1_MAX,
-            E2M1_MAX * scale_max,
-            FOUR_OVER_SIX_ALT_FACTOR,
-            FOUR_OVER_SIX=four_over_six,
-            TILE_2D=tile_2d,
-            STORE_CODES=codes,
-            STORE_DEQ=unscaled_bf16,
-            **cfg,
-            **EXACT,
-        )
+        args, programs = _block_pass_slot(x, out, stats_row, cfg)
+        scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
+        _block_pass([(args, programs, out)], stats, scale_max, cfg, four_over_six=four_over_six, tile_2d=tile_2d)
     else:
         out.tensor_scale.fill_(1.0)
     return out.result(x.shape, x.dtype)
+
+
+def quantize_pair(
+    x: Tensor, weight: Tensor, *, four_over_six: bool, x_codes: bool, unscaled_bf16: bool
+) -> tuple[Quantized, Quantized]:
+    """The forward's two operands, :func:`quantize` of ``x`` (codes only if ``x_codes``) and of
+    ``weight`` (always with codes, which backward re-quantizes), with the statistics of both in
+    one launch and the block passes of both in one more: bit for bit the two separate calls,
+    half their launches."""
+    _check_last_dim(x, BLOCK)
+    _check_last_dim(weight, BLOCK)
+    if not x.numel() or not weight.numel():
+        stats = stats_scratch(2, x.device)
+        return (
+            quantize(x, four_over_six=four_over_six, codes=x_codes, unscaled_bf16=unscaled_bf16, stats=stats),
+            quantize(weight, four_over_six=four_over_six, unscaled_bf16=unscaled_bf16, stats=stats, stats_row=1),
+        )
+    stats = stats_scratch(2, x.device)
+    _pair_stats(x.contiguous(), weight.contiguous(), stats)
+    cfg = config("quantize", x.device)
+    outs = [
+        Outputs.allocate(*x.shape, x.device, codes=x_codes, unscaled_bf16=unscaled_bf16),
+        Outputs.allocate(*weight.shape, x.device, codes=True, unscaled_bf16=unscaled_bf16),
+    ]
+    slots = [
+        (*_block_pass_slot(t, out, row, cfg), out) for row, (t, out) in enumerate(zip((x, weight), outs, strict=True))
+    ]
+    scale_max = FOUR_OVER_SIX_SCALE_MAX if four_over_six else E4M3_MAX
+    _block_pass(slots, stats, scale_max, cfg, four_over_six=four_over_six, tile_2d=False)
+    return outs[0].result(x.shape, x.dtype), outs[1].result(weight.shape, weight.dtype)
