@@ -81,6 +81,13 @@ class QuartetConfig:
       numerics everywhere, for debugging and comparison).
     - ``inner_backend``: what compiles the rewritten graph: ``inductor`` (default),
       ``aot_eager`` (AOTAutograd without codegen, for debugging) or ``eager``.
+    - ``cache_inference_weights``: where no backward will run (``torch.no_grad``,
+      ``torch.inference_mode``, nothing requiring grad), quantize each weight once per parameter
+      version and keep it (the same numbers; the FP4 weight, and on GPUs without FP4 tensor cores
+      its bf16 GEMM operand, stay in memory until the weight changes or is freed). Off by default:
+      it saves the weights' quantizer time on the device but adds host time per layer (a Python
+      check of the weight's version), and graphs using it run without CUDA graphs; it pays off
+      where the device, not the host, bounds an evaluation (see docs/results.md).
     """
 
     recipe: Recipe = Recipe.QUARTET2
@@ -92,6 +99,7 @@ class QuartetConfig:
     weight_buffers: tuple[str, ...] = ()
     kernel_preference: KernelPreference = KernelPreference.AUTO
     inner_backend: InnerBackend = "inductor"
+    cache_inference_weights: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, str):
@@ -106,6 +114,7 @@ class QuartetConfig:
         _check_type("keep_output_head", self.keep_output_head, (bool,), "True or False")
         _check_type("min_features", self.min_features, (int,), "a non-negative int")
         _check_type("seed", self.seed, (int, type(None)), "an int or None")
+        _check_type("cache_inference_weights", self.cache_inference_weights, (bool,), "True or False")
         if self.four_over_six is not None and _RECIPES[self.recipe].forward not in (
             ForwardQuant.RTN,
             ForwardQuant.FOUR_OVER_SIX,

@@ -23,6 +23,8 @@ _traces = itertools.count()
 @dataclass(frozen=True)
 class ExplainReport:
     rows: list[MatmulDecision]
+    cached_inference_weights: bool = False
+    """Whether quantized matmuls without a backward take their weights from the inference cache."""
 
     @property
     def quantized(self) -> list[MatmulDecision]:
@@ -49,6 +51,8 @@ class ExplainReport:
         out = [line.format(*_COLUMNS).rstrip(), line.format(*("-" * w for w in widths))]
         out += [line.format(*c).rstrip() for c in cells]
         out.append(f"{len(self.quantized)} of {len(self.rows)} matmuls quantized")
+        if self.quantized and self.cached_inference_weights:
+            out.append("without a backward (no_grad, inference_mode): weights quantized once per parameter version")
         return "\n".join(out)
 
 
@@ -92,7 +96,7 @@ def explain(
     finally:
         counters.clear()
         counters.update(saved)
-    report = ExplainReport(rows)
+    report = ExplainReport(rows, quartet.config.cache_inference_weights)
     log_decisions(rows)
     if verbose:
         print(report)

@@ -431,3 +431,17 @@ def test_write_result_writes_the_json_and_markdown_pair(tmp_path):
     assert (json_path, md_path) == (out / "x-30m.json", out / "x-30m.md")
     assert json.loads(json_path.read_text()) == {"device": "cpu", "rows": [{"a": 1.5}]}
     assert md_path.read_text() == "# x\n"
+
+
+def test_eval_step_measures_the_inference_path_against_the_training_forward(tmp_path):
+    from quartet_compile.ops import clear_weight_cache, weight_cache_info
+
+    clear_weight_cache()
+    _bench_script("eval_step").main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--steps", "1",
+                                     "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
+    rows = json.loads((tmp_path / "eval-step.json").read_text())["rows"]
+    assert [r["case"] for r in rows] == list(_bench_script("eval_step").CASES)
+    assert rows[0]["x"] == 1.0 and all(0 < r["host_ms"] <= r["step_ms"] for r in rows)
+    hits, misses, _ = weight_cache_info()
+    assert misses == 14 and hits >= 14  # the cached case quantized each of the 14 weights once
+    assert "weights cached" in (tmp_path / "eval-step.md").read_text()

@@ -62,20 +62,41 @@ def nvfp4_gemm(a: Quantized, b: Quantized, out_dtype: torch.dtype, bias: Tensor 
     return unscaled_gemm(a.unscaled_bf16, b.unscaled_bf16, a.tensor_scale, b.tensor_scale, out_dtype, bias)
 
 
+def weight_operand(weight: Tensor, numerics: Numerics, *, native: bool = False) -> Quantized:
+    """What :func:`forward` multiplies by, for a weight that several forwards share (the
+    inference path quantizes a weight once per parameter version): its FP4 form, with the
+    unscaled bf16 operand where the GEMM takes one."""
+    if not numerics.quantized:
+        raise ValueError(f"the kernels implement quantized numerics only, not {numerics}")
+    four_over_six = numerics.forward is ForwardQuant.FOUR_OVER_SIX
+    tile_2d = numerics.forward is ForwardQuant.NVIDIA
+    unscaled_bf16 = operands(native, weight.shape[1])["unscaled_bf16"]
+    return quantize(weight, four_over_six=four_over_six, tile_2d=tile_2d, unscaled_bf16=unscaled_bf16)
+
+
 def forward(
-    x: Tensor, weight: Tensor, bias: Tensor | None, numerics: Numerics, *, native: bool = False
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    numerics: Numerics,
+    *,
+    native: bool = False,
+    operand: Quantized | None = None,
 ) -> tuple[Tensor, Saved]:
     """``x [T, K] @ weight [N, K]^T + bias``: quantize both (RTN, 4/6, or for ``nvidia`` RTN
     with 16x16 weight tiles), one NVFP4 GEMM. ``nvidia`` saves ``x`` itself (its backward
-    rotates it), so its FP4 codes are written only for a native GEMM."""
+    rotates it), so its FP4 codes are written only for a native GEMM. ``operand``: the weight's
+    :func:`weight_operand`, when it is already quantized (``weight`` is then not read)."""
     if not numerics.quantized:
         raise ValueError(f"the kernels implement quantized numerics only, not {numerics}")
-    numerics.check_shapes(x.shape[0], x.shape[1], weight.shape[0])
+    numerics.check_shapes(x.shape[0], x.shape[1], (weight if operand is None else operand.fp4).shape[0])
     four_over_six = numerics.forward is ForwardQuant.FOUR_OVER_SIX
     nvidia = numerics.forward is ForwardQuant.NVIDIA
     route = operands(native, x.shape[1])
     codes, unscaled_bf16 = route["codes"] or not nvidia, route["unscaled_bf16"]
-    if nvidia:
+    if operand is not None:
+        xq, wq = quantize(x, four_over_six=four_over_six, codes=codes, unscaled_bf16=unscaled_bf16), operand
+    elif nvidia:
         stats = stats_scratch(2, x.device)
         xq = quantize(x, codes=codes, unscaled_bf16=unscaled_bf16, stats=stats)
         wq = quantize(weight, tile_2d=True, unscaled_bf16=unscaled_bf16, stats=stats, stats_row=1)

@@ -29,7 +29,7 @@ from ..reference import layer as reference
 from .routing import Implementation
 
 
-def _layer(implementation: str) -> Any:
+def implementation_layer(implementation: str) -> Any:
     """The module implementing the forward/backward protocol for ``implementation``."""
     if Implementation(implementation) is Implementation.REFERENCE:
         return reference
@@ -38,7 +38,7 @@ def _layer(implementation: str) -> Any:
     return kernels
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """The implementations pick their own precisions; an enclosing autocast must not recast
     them. (Checked first: entering ``torch.autocast`` costs host time on every call.)"""
     if not torch.is_autocast_enabled(device.type):
@@ -52,8 +52,8 @@ def _forward(
     """``x [T, K] @ weight [N, K]^T + bias`` -> ``(y, x codes, x scales, x tensor scale, the
     same three for the weight)``; FP4 parts the numerics' backward does not read are empty."""
     options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
-    with _no_autocast(x.device):
-        y, saved = _layer(implementation).forward(x, weight, bias, Numerics.decode(numerics), **options)
+    with no_autocast(x.device):
+        y, saved = implementation_layer(implementation).forward(x, weight, bias, Numerics.decode(numerics), **options)
     return y.contiguous(), *saved.fp4_tensors(x)
 
 
@@ -78,8 +78,8 @@ def _backward(
         return dx, grad.new_zeros((n, k) if needs[1] else 0, dtype=dtypes[1])
     saved = Saved.decode(resolved, x, weight, parts, tokens, n, dtypes)
     options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
-    with _no_autocast(grad.device):
-        dx, dw = _layer(implementation).backward(
+    with no_autocast(grad.device):
+        dx, dw = implementation_layer(implementation).backward(
             grad, saved, resolved, dtypes=dtypes, needs=needs, source=stream_generator(rng, grad.device), **options
         )
     empty = grad.new_empty(0)
@@ -260,6 +260,14 @@ def _may_pad(amount: int | torch.SymInt) -> bool:
     return isinstance(amount, torch.SymInt) or amount != 0
 
 
+def _no_backward(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether autograd will run no backward of this call (decided while a graph is traced:
+    Dynamo guards on grad mode, and requires_grad is part of its inputs' guards)."""
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in (x, weight, bias))
+
+
 def quantized_linear(
     x: Tensor,
     weight: Tensor,
@@ -268,14 +276,18 @@ def quantized_linear(
     numerics: str,
     implementation: str = Implementation.REFERENCE.value,
     rng: int = DEFAULT_STREAM,
+    cache_weights: bool = False,
 ) -> Tensor:
     """``F.linear`` with quartet numerics: what the graph pass puts in place of a matmul.
 
     ``x [..., K]``, ``weight [N, K]``; ``numerics``: :meth:`Numerics.encode`; ``implementation``:
     a :class:`~.routing.Implementation`; ``rng``: the backward's random stream. Dimensions the
     numerics cannot take are zero-padded (``T`` at run time, so dynamic sequence lengths need
-    no recompilation) and sliced back.
+    no recompilation) and sliced back. ``cache_weights``: where no backward will run, take the
+    weight's quantized operand from the inference path's cache (:mod:`.inference`).
     """
+    parameter = weight
+    inference = cache_weights and Numerics.decode(numerics).quantized and _no_backward(x, weight, bias)
     x, weight, bias = _autocast(x, weight, bias)
     multiples = Numerics.decode(numerics).multiples
     *lead, k = x.shape
@@ -285,11 +297,16 @@ def quantized_linear(
     pad_t, pad_k, pad_n = (_pad_amount(s, multiples[d]) for s, d in ((tokens, "T"), (k, "K"), (n, "N")))
     if pad_k or _may_pad(pad_t):
         x2 = F.pad(x2, (0, pad_k, 0, pad_t))
-    if pad_k or pad_n:
-        weight = F.pad(weight, (0, pad_k, 0, pad_n))
     if bias is not None and pad_n:
         bias = F.pad(bias, (0, pad_n))
-    if Implementation(implementation) is not Implementation.REFERENCE and rng == DEFAULT_STREAM:
+    if not inference and (pad_k or pad_n):  # the inference path pads (and casts) on a cache miss only
+        weight = F.pad(weight, (0, pad_k, 0, pad_n))
+    if inference:
+        weight_dtype = None if weight.dtype == parameter.dtype else weight.dtype
+        y = torch.ops.quartet.linear_inference(
+            x2, parameter, bias, numerics, implementation, weight_dtype, pad_k, pad_n
+        )
+    elif Implementation(implementation) is not Implementation.REFERENCE and rng == DEFAULT_STREAM:
         native = Implementation(implementation) is Implementation.TRITON_NATIVE
         y = torch.ops.quartet.linear_triton(x2, weight, bias, numerics, native)[0]
     else:

@@ -308,7 +308,8 @@ def _rewrite_graph(
             chosen = route(numerics, x.device if x is not None else torch.device("cpu"), config.kernel_preference)
             implementation = chosen.implementation.value
             if apply:
-                arguments = {"numerics": numerics.encode(), "implementation": implementation, "rng": rng}
+                arguments = {"numerics": numerics.encode(), "implementation": implementation, "rng": rng,
+                             "cache_weights": config.cache_inference_weights}  # fmt: skip
                 _rewrite(node, match, arguments)
         decisions.append(
             MatmulDecision(module, weight_name, op, shapes, quantize, reason, config.recipe.value, implementation)

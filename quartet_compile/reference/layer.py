@@ -42,14 +42,24 @@ def quantize_weight(weight: Tensor, numerics: Numerics) -> NVFP4Tensor:
     return _quantize_forward(numerics.forward, weight, weight=True)
 
 
-def forward(x: Tensor, weight: Tensor, bias: Tensor | None, numerics: Numerics) -> tuple[Tensor, Saved]:
-    """``x [T, K] @ weight [N, K]^T + bias`` in ``x``'s dtype, and what the backward needs."""
-    numerics.check_shapes(x.shape[0], x.shape[1], weight.shape[0])
+def weight_operand(weight: Tensor, numerics: Numerics) -> NVFP4Tensor:
+    """What :func:`forward` multiplies by, for a weight that several forwards share (the
+    inference path quantizes a weight once per parameter version)."""
+    return quantize_weight(weight, numerics)
+
+
+def forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, numerics: Numerics, *, operand: NVFP4Tensor | None = None
+) -> tuple[Tensor, Saved]:
+    """``x [T, K] @ weight [N, K]^T + bias`` in ``x``'s dtype, and what the backward needs;
+    ``operand``: the weight's :func:`weight_operand`, when it is already quantized (``weight``
+    is then not read)."""
+    numerics.check_shapes(x.shape[0], x.shape[1], (weight if operand is None else operand).shape[0])
     kind = numerics.forward
     if kind is ForwardQuant.NONE:
         return torch.nn.functional.linear(x, weight, bias), Saved(x=x, weight=weight)
     xq = _quantize_forward(kind, x, weight=False)
-    wq = _quantize_forward(kind, weight, weight=True)
+    wq = _quantize_forward(kind, weight, weight=True) if operand is None else operand
     saved = Saved(x=x, wq=wq) if numerics.saves_x else Saved(xq=xq, wq=wq)
     return nvfp4_matmul(xq, wq, x.dtype, bias), saved
 
