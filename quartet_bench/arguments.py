@@ -56,11 +56,16 @@ def variant_list(text: str) -> list[str]:
     return names
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
-    """Arguments shared by ``quartet-bench`` and the demo (which only changes their defaults)."""
-    parser.add_argument("--model", default=defaults["model"], choices=list(PRESETS), help="built-in model preset")
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
+    """Which model to build (read back by :func:`spec_from`): a preset or a ``transformers`` config."""
+    parser.add_argument("--model", default=default_model, choices=list(PRESETS), help="built-in model preset")
     parser.add_argument("--hf-config", help="a transformers model_type (llama, gpt2, qwen2...) or a config.json path")
     parser.add_argument("--hf-set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """Arguments shared by ``quartet-bench`` and the demo (which only changes their defaults)."""
+    add_model_arguments(parser, defaults["model"])
     parser.add_argument("--data", help="text file or directory (default: the Python standard library's sources)")
     parser.add_argument(
         "--data-mb",

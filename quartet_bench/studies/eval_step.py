@@ -21,8 +21,7 @@ import torch
 from quartet_compile import QuartetConfig, backend
 
 from .. import report
-from ..arguments import HelpFormatter, spec_from
-from ..models import PRESETS
+from ..arguments import HelpFormatter, add_model_arguments, spec_from
 from .step_profile import measure
 
 CASES = {
@@ -51,9 +50,7 @@ def forward_step(model: torch.nn.Module, compiled_as: str, no_grad: bool, cache:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", default="30m", choices=list(PRESETS), help="built-in model preset")
-    parser.add_argument("--hf-config", help="a transformers model_type (llama, gpt2, qwen2...) or a config.json path")
-    parser.add_argument("--hf-set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_model_arguments(parser, "30m")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=4)

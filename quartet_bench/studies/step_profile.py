@@ -31,8 +31,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .. import report
-from ..arguments import HelpFormatter, spec_from, variant_list
-from ..models import PRESETS, ModelSpec
+from ..arguments import HelpFormatter, add_model_arguments, spec_from, variant_list
+from ..models import ModelSpec
 from ..training import Timer, TrainSettings, optimizer_for, train_step
 from ..variants import Kind, backend_for, parse_variants
 
@@ -154,9 +154,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", default="30m", choices=list(PRESETS), help="built-in model preset")
-    parser.add_argument("--hf-config", help="a transformers model_type (llama, gpt2, qwen2...) or a config.json path")
-    parser.add_argument("--hf-set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_model_arguments(parser, "30m")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--variants", type=variant_list, default="inductor,quartet2", help="the first is the baseline")

@@ -460,13 +460,12 @@ def quantize_pair(
     half their launches."""
     _check_last_dim(x, BLOCK)
     _check_last_dim(weight, BLOCK)
+    stats = stats_scratch(2, x.device)
     if not x.numel() or not weight.numel():
-        stats = stats_scratch(2, x.device)
         return (
             quantize(x, four_over_six=four_over_six, codes=x_codes, unscaled_bf16=unscaled_bf16, stats=stats),
             quantize(weight, four_over_six=four_over_six, unscaled_bf16=unscaled_bf16, stats=stats, stats_row=1),
         )
-    stats = stats_scratch(2, x.device)
     _pair_stats(x.contiguous(), weight.contiguous(), stats)
     cfg = config("quantize", x.device)
     outs = [

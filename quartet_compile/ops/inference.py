@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..nvfp4.numerics import Numerics
-from .linear import implementation_layer, no_autocast
-from .routing import Implementation
+from .linear import implementation_layer, implementation_options, no_autocast
 
 
 class CacheInfo(NamedTuple):
@@ -68,9 +67,9 @@ def _cached_operand(weight: Tensor, key: tuple, make: Any) -> Any:
     if weight.is_inference():  # no version counter: nothing tells a changed tensor apart
         _counts["misses"] += 1
         return make()
-    entry = _entries.get(id(weight))
+    wid = id(weight)
+    entry = _entries.get(wid)
     if entry is None or entry.weight() is not weight or entry.version != weight._version:
-        wid = id(weight)
         entry = _Entry(weakref.ref(weight, lambda _ref: _entries.pop(wid, None)), weight._version)
         _entries[wid] = entry
     if key in entry.operands:
@@ -96,7 +95,7 @@ def linear_inference_op(
     ``pad_n``, its quantized operand cached per parameter version."""
     resolved = Numerics.decode(numerics)
     layer = implementation_layer(implementation)
-    options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
+    options = implementation_options(implementation)
 
     def padded() -> Tensor:
         w = weight.detach() if weight_dtype is None else weight.detach().to(weight_dtype)

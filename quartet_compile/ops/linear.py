@@ -38,6 +38,11 @@ def implementation_layer(implementation: str) -> Any:
     return kernels
 
 
+def implementation_options(implementation: str) -> dict[str, bool]:
+    """Keyword arguments of the layer's ``forward``/``backward`` for ``implementation``."""
+    return {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
+
+
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """The implementations pick their own precisions; an enclosing autocast must not recast
     them. (Checked first: entering ``torch.autocast`` costs host time on every call.)"""
@@ -51,7 +56,7 @@ def _forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``x [T, K] @ weight [N, K]^T + bias`` -> ``(y, x codes, x scales, x tensor scale, the
     same three for the weight)``; FP4 parts the numerics' backward does not read are empty."""
-    options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
+    options = implementation_options(implementation)
     with no_autocast(x.device):
         y, saved = implementation_layer(implementation).forward(x, weight, bias, Numerics.decode(numerics), **options)
     return y.contiguous(), *saved.fp4_tensors(x)
@@ -77,7 +82,7 @@ def _backward(
         dx = grad.new_zeros((0, k) if needs[0] else 0, dtype=dtypes[0])
         return dx, grad.new_zeros((n, k) if needs[1] else 0, dtype=dtypes[1])
     saved = Saved.decode(resolved, x, weight, parts, tokens, n, dtypes)
-    options = {"native": True} if Implementation(implementation) is Implementation.TRITON_NATIVE else {}
+    options = implementation_options(implementation)
     with no_autocast(grad.device):
         dx, dw = implementation_layer(implementation).backward(
             grad, saved, resolved, dtypes=dtypes, needs=needs, source=stream_generator(rng, grad.device), **options
@@ -286,10 +291,10 @@ def quantized_linear(
     no recompilation) and sliced back. ``cache_weights``: where no backward will run, take the
     weight's quantized operand from the inference path's cache (:mod:`.inference`).
     """
-    parameter = weight
-    inference = cache_weights and Numerics.decode(numerics).quantized and _no_backward(x, weight, bias)
+    parameter, resolved = weight, Numerics.decode(numerics)
+    inference = cache_weights and resolved.quantized and _no_backward(x, weight, bias)
     x, weight, bias = _autocast(x, weight, bias)
-    multiples = Numerics.decode(numerics).multiples
+    multiples = resolved.multiples
     *lead, k = x.shape
     n = weight.shape[0]
     x2 = x.reshape(-1, k)
