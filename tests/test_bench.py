@@ -445,3 +445,27 @@ def test_eval_step_measures_the_inference_path_against_the_training_forward(tmp_
     hits, misses, _ = weight_cache_info()
     assert misses == 14 and hits >= 14  # the cached case quantized each of the 14 weights once
     assert "weights cached" in (tmp_path / "eval-step.md").read_text()
+
+
+def test_inductor_setting_compiles_each_arm_under_its_setting(tmp_path, monkeypatch):
+    """The setting must span the arm's first steps, where the forward and the backward compile."""
+    import torch._inductor.compile_fx as compile_fx
+
+    seen = []
+    original = compile_fx._compile_fx_inner
+
+    def recording(gm, example_inputs, **kwargs):
+        seen.append((kwargs.get("is_backward"), torch._inductor.config.fallback_random))
+        return original(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(compile_fx, "_compile_fx_inner", recording)
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # a cache hit compiles nothing
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    _bench_script("inductor_setting").main(["--setting", "fallback_random=True", "--model", "tiny", "--batch", "2",
+                                            "--seq-len", "16", "--rounds", "1", "--steps", "1", "--warmup", "1",
+                                            "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
+    assert seen == [(False, False), (True, False), (False, True), (True, True)]
+    result = json.loads((tmp_path / "inductor-setting.json").read_text())
+    assert [r["arm"] for r in result["rows"]] == ["default", "set"]
+    assert (result["setting"], result["value"], result["default"]) == ("fallback_random", True, False)
+    assert "fallback_random" in (tmp_path / "inductor-setting.md").read_text()
