@@ -397,14 +397,14 @@ def test_cuda_graphs_reduce_overhead_draw_fresh_randomness():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
-def test_cuda_compiled_training_matches_eager_reference(inner, monkeypatch):
+@torch._inductor.config.patch(fallback_random=True)  # not monkeypatch: its undo deletes config entries
+def test_cuda_compiled_training_matches_eager_reference(inner):
     """Both sides run the CUDA kernels (eager through the op, compiled through the graph).
     Inductor draws the backward's seeds with its own generator (seeded from PyTorch's, as for
     dropout); ``fallback_random`` makes it take eager's draws, so that the two runs compare:
     equal under aot_eager, within reassociation under Inductor. Dynamo is reset so that an
     earlier test's sequence length cannot make this one's symbolic (automatic dynamic shapes):
     with a symbolic length the kernels' shapes, and so their summation order, may differ."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch._dynamo.reset()
     config = QuartetConfig(recipe="quartet2", inner_backend=inner)
     model = tiny_llama().cuda()

@@ -262,10 +262,10 @@ def _cuda_layer(recipe: str):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["quartet2", "nvidia", "fp4-forward"])
-def test_inductor_launches_compute_what_the_ops_compute(recipe, monkeypatch):
+@torch._inductor.config.patch(fallback_random=True)  # not monkeypatch: its undo deletes config entries
+def test_inductor_launches_compute_what_the_ops_compute(recipe):
     """Bit for bit, with Inductor drawing the seeds through aten (``fallback_random``) so that
     both runs take the same draws from the default generator."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     layer, x, w, g = _cuda_layer(recipe)
     compiled = torch.compile(layer, backend="inductor", fullgraph=True)
     _cuda_step(compiled, x, w, g)  # compiles
