@@ -88,6 +88,12 @@ class QuartetConfig:
       it saves the weights' quantizer time on the device but adds host time per layer (a Python
       check of the weight's version), and graphs using it run without CUDA graphs; it pays off
       where the device, not the host, bounds an evaluation (see docs/results.md).
+    - ``fuse_projections``: run the sibling projections of one input (q/k/v, gate/up, in
+      ``transformers`` naming) as one quantized GEMM on their concatenated weights, as inference
+      engines run them: each group's weights share one tensor scale, so that an export is the
+      trained weights bit for bit, and the input is quantized once per group instead of once per
+      projection. The backward then quantizes each group's gradient as one tensor (one tensor
+      scale) and sums its input gradient inside the GEMM. Off by default: it changes the numbers.
     """
 
     recipe: Recipe = Recipe.QUARTET2
@@ -100,6 +106,7 @@ class QuartetConfig:
     kernel_preference: KernelPreference = KernelPreference.AUTO
     inner_backend: InnerBackend = "inductor"
     cache_inference_weights: bool = False
+    fuse_projections: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, str):
@@ -115,6 +122,7 @@ class QuartetConfig:
         _check_type("min_features", self.min_features, (int,), "a non-negative int")
         _check_type("seed", self.seed, (int, type(None)), "an int or None")
         _check_type("cache_inference_weights", self.cache_inference_weights, (bool,), "True or False")
+        _check_type("fuse_projections", self.fuse_projections, (bool,), "True or False")
         if self.four_over_six is not None and _RECIPES[self.recipe].forward not in (
             ForwardQuant.RTN,
             ForwardQuant.FOUR_OVER_SIX,

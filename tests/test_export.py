@@ -104,6 +104,26 @@ def test_fused_groups_share_one_tensor_scale_and_report_the_change(tmp_path):
     assert layers["model.layers.0.self_attn.o_proj"].group == ()
 
 
+def test_a_model_trained_with_fused_projections_exports_exactly(tmp_path):
+    """With ``fuse_projections`` the forward multiplies by each group's weights quantized as one
+    tensor: the export writes exactly those, and reports no change."""
+    model, tokens = _llama(seed=1)
+    config = QuartetConfig(fuse_projections=True)
+    report = export(model, tmp_path, tokens, config=config)
+    state = load_file(tmp_path / "model.safetensors")
+    layers = {layer.module: layer for layer in report.layers}
+    for i in range(2):
+        for group in (LAYERS[:3], MLP[:2]):
+            members = [f"model.layers.{i}.{p}" for p in group]
+            weights = [model.get_submodule(m).weight.detach().bfloat16() for m in members]
+            trained = quantize_weight(torch.cat(weights), config.numerics).dequantize(torch.float32)
+            for m, exact in zip(members, trained.split([w.shape[0] for w in weights]), strict=True):
+                assert layers[m].group == tuple(members) and layers[m].relative_change == 0, m
+                got = decode(Format.COMPRESSED_TENSORS, _module_tensors(state, m))
+                assert ((got - exact).abs() <= 2**-22 * exact.abs().max()).all(), m
+    assert "0.00e+00 change" in str(report)
+
+
 def test_a_group_quantized_in_part_stays_in_high_precision(tmp_path):
     model, tokens = _llama(seed=2, kv_heads=2)  # k/v: N = 64, below the backend's min_features
     report = export(model, tmp_path, tokens)

@@ -8,10 +8,11 @@ the export holds what training used. Layers kept in high precision are written u
 listed as excluded.
 
 Engines fuse the projections that share an input (q/k/v, gate/up) into one GEMM with one tensor
-scale per fused weight, while training quantizes each weight with its own. Each such group is
-re-quantized with the scale of the group's largest magnitude, and the report gives how far that
-moves each weight from the one training used; a group the backend quantizes only in part is
-written in high precision.
+scale per fused weight, while training quantizes each weight with its own unless it ran with
+``fuse_projections``. Each such group is written with the scale of the group's largest magnitude,
+and the report gives how far that moves each weight from the one training used (nothing, for a
+group trained as one GEMM); a group the backend quantizes only in part is written in high
+precision.
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ from torch import Tensor, nn
 from ..config import QuartetConfig
 from ..explain import explain
 from ..nvfp4.format import NVFP4Tensor
+from ..passes.projection_groups import fused_groups
 from ..reference.layer import quantize_weight
 from ..version import __version__
 from .calibration import activation_scale, input_amax
 from .formats import Format, decode, extra_files, layer_tensors, quantization_config
-
-FUSED_PROJECTIONS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-"""Sibling modules that engines load as one fused weight (``transformers`` naming)."""
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -85,27 +84,13 @@ def _quantized_modules(model: nn.Module, report_rows: Sequence[Any]) -> tuple[li
     return chosen, {name: kept.get(name, "not a quantized linear layer") for name in linears if name not in chosen}
 
 
-def _fused_groups(linears: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every group of :data:`FUSED_PROJECTIONS` siblings among the linear layers."""
-    present = set(linears)
-    groups = []
-    for module in linears:
-        parent, _, leaf = module.rpartition(".")
-        for names in FUSED_PROJECTIONS:
-            if leaf == names[0]:
-                members = tuple(f"{parent}.{name}" if parent else name for name in names)
-                if all(m in present for m in members):
-                    groups.append(members)
-    return groups
-
-
 def _layers(
     model: nn.Module, rows: Sequence[Any], fuse: bool
 ) -> tuple[list[str], dict[str, str], list[tuple[str, ...]]]:
     """The layers to quantize, the linear layers kept in high precision with the reason, and
     (with ``fuse``) the fused groups, each quantized whole or kept whole, as engines load them."""
     quantized, excluded = _quantized_modules(model, rows)
-    groups = _fused_groups(quantized + list(excluded)) if fuse else []
+    groups = fused_groups(quantized + list(excluded)) if fuse else []
     for members in groups:
         kept = [m for m in members if m in excluded]
         if kept and len(kept) < len(members):
@@ -115,17 +100,31 @@ def _layers(
     return quantized, excluded, [g for g in groups if set(g) <= set(quantized)]
 
 
+def _trained_groups(rows: Sequence[Any]) -> set[frozenset[str]]:
+    """The groups trained as one GEMM (``fuse_projections``): their weights already share one
+    tensor scale."""
+    return {frozenset((row.module_path, *row.fused_with)) for row in rows if row.quantized and row.fused_with}
+
+
 def _fp4_weights(
-    model: nn.Module, modules: list[str], groups: list[tuple[str, ...]], config: QuartetConfig, dtype: torch.dtype
+    model: nn.Module,
+    modules: list[str],
+    groups: list[tuple[str, ...]],
+    config: QuartetConfig,
+    dtype: torch.dtype,
+    trained_groups: set[frozenset[str]],
 ) -> tuple[dict[str, NVFP4Tensor], dict[str, tuple[tuple[str, ...], float]]]:
     """Each layer's FP4 weight as the forward quantizes it, a fused group's with the group's one
-    tensor scale, and for those the group and the relative change from the trained weight."""
+    tensor scale, and for those the group and the relative change from the weight the training
+    forward used (the group's own where it trained as one GEMM)."""
     weights = {name: model.get_submodule(name).weight.detach().to(dtype) for name in modules}
     fp4 = {name: quantize_weight(w, config.numerics) for name, w in weights.items()}
     shared = {}
     for members in groups:
-        for name, q in zip(members, _quantize_group([weights[m] for m in members], config), strict=True):
-            shared[name] = (members, _relative(q.dequantize(torch.float32), fp4[name].dequantize(torch.float32)))
+        quantized = _quantize_group([weights[m] for m in members], config)
+        for name, q in zip(members, quantized, strict=True):
+            trained = q if frozenset(members) in trained_groups else fp4[name]
+            shared[name] = (members, _relative(q.dequantize(torch.float32), trained.dequantize(torch.float32)))
             fp4[name] = q
     return fp4, shared
 
@@ -214,7 +213,7 @@ def export(
     root = getattr(model, "_orig_mod", model)
     rows = explain(root, *example_args, config=config, verbose=False, **example_kwargs).rows
     quantized, excluded, groups = _layers(root, rows, fuse)
-    fp4, shared = _fp4_weights(root, quantized, groups, config, dtype)
+    fp4, shared = _fp4_weights(root, quantized, groups, config, dtype, _trained_groups(rows))
     amax = input_amax(root, quantized, calibration, dtype) if activations == "calibrated" else {}
 
     state = {name: t.detach() for name, t in root.state_dict().items()}

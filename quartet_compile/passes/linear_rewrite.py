@@ -13,6 +13,7 @@ experts), and ops that hide their projections (``nn.MultiheadAttention``). Every
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import operator
@@ -28,6 +29,7 @@ from ..config import QuartetConfig
 from ..nvfp4.randomness import DEFAULT_STREAM
 from ..ops import quantized_linear, route
 from .output_head import OutputHeads
+from .projection_groups import fused_groups
 from .weights import Weights, _value
 
 _LINEAR = {torch._C._nn.linear}
@@ -68,6 +70,8 @@ class MatmulDecision:
     recipe: str
     implementation: str = ""
     """What runs it (:class:`~quartet_compile.ops.Implementation`), for quantized rows."""
+    fused_with: tuple[str, ...] = ()
+    """The module paths of the other projections it runs with as one GEMM (``fuse_projections``)."""
 
     @property
     def decision(self) -> str:
@@ -259,6 +263,91 @@ def _rewrite(node: fx.Node, match: _Linear, arguments: dict) -> None:
     graph.erase_node(node)
 
 
+@dataclass(frozen=True)
+class _Quantized:
+    """A linear layer the pass quantizes, before its rewrite: its row and where it is."""
+
+    row: int
+    node: fx.Node
+    match: _Linear
+    module: str
+
+
+def _fusable(items: list[_Quantized], position: dict[fx.Node, int]) -> bool:
+    """Whether a group of projections can run as one GEMM: one input, weights of one dtype and
+    ``K``, biases on all or none, and every operand defined before the first of them runs."""
+    x = items[0].match.x
+    weights = [_value(i.match.weight) for i in items]
+    biases = [i.match.bias for i in items]
+    if any(i.match.x is not x for i in items) or any(w is None for w in weights):
+        return False
+    ks = {w.shape[0] if i.match.transpose else w.shape[1] for i, w in zip(items, weights, strict=True)}
+    if len(ks) != 1 or len({w.dtype for w in weights}) != 1 or len({b is None for b in biases}) != 1:
+        return False
+    first = min(position[i.node] for i in items)
+    operands = [x, *(i.match.weight for i in items), *(b for b in biases if b is not None)]
+    return all(not isinstance(o, fx.Node) or position[o] < first for o in operands)
+
+
+def _projection_groups(pending: list[_Quantized]) -> list[list[_Quantized]]:
+    """The groups of :mod:`.projection_groups` among the quantized layers that can run as one
+    GEMM; a module called more than once in the graph (a reused layer) joins none."""
+    if not pending:
+        return []
+    calls: dict[str, list[_Quantized]] = {}
+    for item in pending:
+        calls.setdefault(item.module, []).append(item)
+    once = {module: items[0] for module, items in calls.items() if len(items) == 1 and module}
+    position = {node: i for i, node in enumerate(pending[0].node.graph.nodes)}
+    groups = [[once[m] for m in members] for members in fused_groups(list(once))]
+    return [items for items in groups if _fusable(items, position)]
+
+
+def _rewrite_group(items: list[_Quantized], arguments: dict) -> None:
+    """One ``quantized_linear`` on the concatenated weights (and biases), its output split back
+    into the projections' outputs (views of it)."""
+    graph = items[0].node.graph
+    first = next(node for node in graph.nodes if any(node is i.node for i in items))
+    sizes = [_value(i.match.weight).shape[1 if i.match.transpose else 0] for i in items]
+    with graph.inserting_before(first):
+        weights = [graph.call_function(torch.t, (i.match.weight,)) if i.match.transpose else i.match.weight
+                   for i in items]  # fmt: skip
+        weight = graph.call_function(torch.cat, (weights,))
+        bias = None
+        if items[0].match.bias is not None:
+            bias = graph.call_function(torch.cat, ([i.match.bias for i in items],))
+        fused = graph.call_function(quantized_linear, (items[0].match.x, weight, bias), arguments)
+        parts = graph.call_function(torch.split, (fused, sizes), {"dim": -1})
+        outputs = [graph.call_function(operator.getitem, (parts, j)) for j in range(len(items))]
+    for item, output in zip(items, outputs, strict=True):
+        output.meta = {k: v for k, v in item.node.meta.items() if k not in ("example_value", "val")}
+        item.node.replace_all_uses_with(output)
+        graph.erase_node(item.node)
+
+
+def _apply(
+    pending: list[_Quantized],
+    group_of: dict[int, list[_Quantized]],
+    weights: Weights,
+    decisions: list[MatmulDecision],
+    arguments: dict,
+) -> None:
+    """The rewrites, in graph order, each matched again first: a layer's input may be an earlier
+    layer's output, which that layer's rewrite replaced."""
+    done: set[int] = set()
+    for item in pending:
+        if item.row in done:
+            continue
+        items = group_of.get(item.row, [item])
+        done.update(i.row for i in items)
+        fresh = [dataclasses.replace(i, match=_match(i.node, weights)[0]) for i in items]
+        options = {**arguments, "implementation": decisions[item.row].implementation}
+        if len(fresh) == 1:
+            _rewrite(item.node, fresh[0].match, options)
+        else:  # the concatenated weight is a new tensor at every call: nothing to cache per parameter
+            _rewrite_group(fresh, {**options, "cache_weights": False})
+
+
 def _bodies(gm: fx.GraphModule, weights: Weights) -> Iterator[tuple[fx.GraphModule, Weights]]:
     """Subgraphs of activation checkpointing (and plain ``wrap``), with the weights they receive."""
     for node in gm.graph.nodes:
@@ -292,6 +381,7 @@ def _rewrite_graph(
     gm: fx.GraphModule, weights: Weights, heads: OutputHeads, config: QuartetConfig, rng: int, apply: bool
 ) -> list[MatmulDecision]:
     decisions = []
+    pending: list[_Quantized] = []
     numerics = config.numerics
     for node, match, op, reason in _candidates(gm, weights):
         module = weights.module_path(node)
@@ -307,13 +397,23 @@ def _rewrite_graph(
             x = _value(match.x)
             chosen = route(numerics, x.device if x is not None else torch.device("cpu"), config.kernel_preference)
             implementation = chosen.implementation.value
-            if apply:
-                arguments = {"numerics": numerics.encode(), "implementation": implementation, "rng": rng,
-                             "cache_weights": config.cache_inference_weights}  # fmt: skip
-                _rewrite(node, match, arguments)
+            pending.append(_Quantized(len(decisions), node, match, module))
         decisions.append(
             MatmulDecision(module, weight_name, op, shapes, quantize, reason, config.recipe.value, implementation)
         )
+    arguments = {"numerics": numerics.encode(), "rng": rng, "cache_weights": config.cache_inference_weights}
+    group_of: dict[int, list[_Quantized]] = {}
+    for items in _projection_groups(pending) if config.fuse_projections else []:
+        modules = [i.module for i in items]
+        for item in items:
+            others = tuple(m for m in modules if m != item.module)
+            row = decisions[item.row]
+            names = ", ".join(m.rpartition(".")[2] for m in others)
+            reason = f"{row.reason}; one GEMM with {names} (fuse_projections)"
+            decisions[item.row] = dataclasses.replace(row, reason=reason, fused_with=others)
+            group_of[item.row] = items
+    if apply:
+        _apply(pending, group_of, weights, decisions, arguments)
     for body, body_weights in list(_bodies(gm, weights)):
         decisions += _rewrite_graph(body, body_weights, heads, config, rng, apply)
     if apply:
