@@ -459,13 +459,22 @@ def test_inductor_setting_compiles_each_arm_under_its_setting(tmp_path, monkeypa
         return original(gm, example_inputs, **kwargs)
 
     monkeypatch.setattr(compile_fx, "_compile_fx_inner", recording)
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # a cache hit compiles nothing
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
-    _bench_script("inductor_setting").main(["--setting", "fallback_random=True", "--model", "tiny", "--batch", "2",
-                                            "--seq-len", "16", "--rounds", "1", "--steps", "1", "--warmup", "1",
-                                            "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
+    # A cache hit compiles nothing. (monkeypatch's undo would delete these config entries.)
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        _bench_script("inductor_setting").main(["--setting", "fallback_random=True", "--model", "tiny", "--batch", "2",
+                                                "--seq-len", "16", "--rounds", "1", "--steps", "1", "--warmup", "1",
+                                                "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
     assert seen == [(False, False), (True, False), (False, True), (True, True)]
     result = json.loads((tmp_path / "inductor-setting.json").read_text())
     assert [r["arm"] for r in result["rows"]] == ["default", "set"]
     assert (result["setting"], result["value"], result["default"]) == ("fallback_random", True, False)
     assert "fallback_random" in (tmp_path / "inductor-setting.md").read_text()
+
+
+def test_the_step_profile_compares_backend_options_in_one_run():
+    variants = _bench_script("step_profile").profiled_variants
+    names = ["inductor", "quartet2", "quartet2+fuse_projections"]
+    assert variants(",".join(names)) == names
+    for bad in ("inductor+fuse_projections", "quartet2+min_features", "quartet2+nope", "nope"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            variants(bad)
