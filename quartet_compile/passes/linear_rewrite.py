@@ -409,7 +409,8 @@ def _rewrite_graph(
             others = tuple(m for m in modules if m != item.module)
             row = decisions[item.row]
             names = ", ".join(m.rpartition(".")[2] for m in others)
-            reason = f"{row.reason}; one GEMM with {names} (fuse_projections)"
+            fused = f"one GEMM with {names} (fuse_projections)"
+            reason = fused if row.reason == "ok" else f"{row.reason}; {fused}"
             decisions[item.row] = dataclasses.replace(row, reason=reason, fused_with=others)
             group_of[item.row] = items
     if apply:
