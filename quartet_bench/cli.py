@@ -109,8 +109,14 @@ def _default_variants() -> list[str]:
     return DEFAULT_VARIANTS
 
 
-def main(argv: list[str] | None = None) -> list[RunResult] | None:
-    """``quartet-bench``; returns the comparison's results (``None`` for --replot and --distributed)."""
+def main(argv: list[str] | None = None) -> None:
+    """``quartet-bench`` (a console script exits with what this returns: nothing, status 0)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> list[RunResult] | None:
+    """``quartet-bench``'s work; returns the comparison's results (``None`` for --replot and
+    --distributed)."""
     parser = argparse.ArgumentParser(prog="quartet-bench", description=__doc__, formatter_class=HelpFormatter)
     add_training_arguments(
         parser, {"model": "tiny", "batch": 8, "seq_len": 256, "steps": 30, "eval_every": 10, "lr": 3e-3, "name": "ab"}

@@ -167,9 +167,10 @@ def test_result_files_round_trip(tmp_path):
 
 
 def test_cli_writes_the_comparison(corpus_dir, tmp_path, capsys):
-    cli.main(["--data", str(corpus_dir), "--variants", "eager,quartet2", "--steps", "4", "--batch", "2",
-              "--seq-len", "32", "--eval-every", "2", "--inner-backend", "aot_eager",
-              "--out", str(tmp_path)])  # fmt: skip
+    status = cli.main(["--data", str(corpus_dir), "--variants", "eager,quartet2", "--steps", "4", "--batch", "2",
+                       "--seq-len", "32", "--eval-every", "2", "--inner-backend", "aot_eager",
+                       "--out", str(tmp_path)])  # fmt: skip
+    assert status is None  # the console script exits with it: status 0, nothing printed
     out = capsys.readouterr().out
     assert "quartet2" in out and "Validation bits per byte" in out
     payload = json.loads((tmp_path / "ab.json").read_text())
@@ -200,7 +201,7 @@ def test_a_failing_variant_is_a_not_run_row_and_the_comparison_goes_on(corpus_di
         return real(variant, options)
 
     monkeypatch.setattr(training, "backend_for", broken)
-    results = cli.main(["--data", str(corpus_dir), "--variants", "eager,quartet2-no46,quartet2", "--steps", "2",
+    results = cli.run(["--data", str(corpus_dir), "--variants", "eager,quartet2-no46,quartet2", "--steps", "2",
                         "--batch", "2", "--seq-len", "32", "--eval-every", "2",
                         "--inner-backend", "aot_eager"])  # fmt: skip
     out = capsys.readouterr().out
@@ -212,7 +213,7 @@ def test_a_failing_variant_is_a_not_run_row_and_the_comparison_goes_on(corpus_di
 def test_a_model_that_cannot_be_built_is_reported_not_raised(corpus_dir, capsys):
     """The README's old example: GPT-2 with n_embd=512 and its default 12 heads."""
     pytest.importorskip("transformers")
-    results = cli.main(["--data", str(corpus_dir), "--hf-config", "gpt2", "--hf-set", "n_layer=1", "--hf-set",
+    results = cli.run(["--data", str(corpus_dir), "--hf-config", "gpt2", "--hf-set", "n_layer=1", "--hf-set",
                         "n_embd=512", "--variants", "eager", "--steps", "2"])  # fmt: skip
     assert "must be divisible by num_heads" in results[0].error
     assert "not run" in capsys.readouterr().out
