@@ -48,11 +48,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def variant_list(text: str) -> list[str]:
-    """``--variants``: comma-separated names, each checked against :data:`VARIANTS`."""
+    """``--variants``: comma-separated names, each checked by :func:`parse_variants`."""
     names = [n for n in text.split(",") if n]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if not names:
+        raise argparse.ArgumentTypeError(f"no variant named; choose from {', '.join(VARIANTS)}")
+    try:
+        parse_variants(names)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return names
 
 

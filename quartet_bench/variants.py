@@ -3,6 +3,7 @@ recipe, the peers), and the ``torch.compile`` backend of each."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ class Kind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Variant:
-    """One column of a comparison: how the model is compiled and, for ``quartet``, which recipe."""
+    """One column of a comparison: how the model is compiled and, for ``quartet``, which recipe
+    and which boolean backend options it switches on."""
 
     name: str
     kind: Kind
     recipe: Recipe | None = None
+    options: tuple[str, ...] = ()
 
     @property
     def trains(self) -> bool:
@@ -48,15 +51,26 @@ VARIANTS: dict[str, Variant] = {
 """Names accepted by ``--variants``: ``eager``, ``inductor`` (the BF16 baseline), every recipe by
 its own name (``bf16`` is the quartet backend with nothing quantized: the cost of the graph
 rewrite alone), and the peers ``tensorrt`` and ``fouroversix`` (the peer package's own linear
-module)."""
+module). A recipe's name may be followed by boolean backend options to switch on, each after a
+``+`` (``quartet2+fuse_projections``), so that one comparison holds both."""
+
+FLAGS = frozenset(f.name for f in dataclasses.fields(QuartetConfig) if f.type in ("bool", bool))
+"""The boolean options of :class:`QuartetConfig`, which a variant name can switch on."""
 
 
 def parse_variants(names: str | list[str]) -> list[Variant]:
     names = names.split(",") if isinstance(names, str) else names
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n.partition("+")[0] not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    return [VARIANTS[n] for n in names]
+    variants = []
+    for name in names:
+        base, *options = name.split("+")
+        variant = VARIANTS[base]
+        if options and (variant.kind is not Kind.QUARTET or not set(options) <= FLAGS):
+            raise ValueError(f"{name}: only the recipes take options after '+', from {sorted(FLAGS)}")
+        variants.append(dataclasses.replace(variant, name=name, options=tuple(options)))
+    return variants
 
 
 class _CountingBackend:
@@ -77,7 +91,8 @@ def backend_for(variant: Variant, quartet_options: dict[str, Any]) -> _CountingB
     if variant.kind is Kind.EAGER:
         return None
     if variant.kind is Kind.QUARTET:
-        return _CountingBackend(QuartetBackend(QuartetConfig(recipe=variant.recipe, **quartet_options)))
+        options = {**quartet_options, **dict.fromkeys(variant.options, True)}
+        return _CountingBackend(QuartetBackend(QuartetConfig(recipe=variant.recipe, **options)))
     if variant.kind is Kind.TENSORRT:
         import torch_tensorrt  # noqa: F401  (registers the backend)
 

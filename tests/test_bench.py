@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from quartet_bench import cli, demo, report
+from quartet_bench.arguments import variant_list
 from quartet_bench.data import ByteCorpus, bits_per_byte
 from quartet_bench.models import ModelSpec
 from quartet_bench.training import RunResult, TrainSettings, train
-from quartet_bench.variants import parse_variants
+from quartet_bench.variants import backend_for, parse_variants
+from quartet_compile import Recipe
 
 SMALL = TrainSettings(batch=4, seq_len=64, steps=6, warmup_steps=2, eval_every=3, eval_batches=2)
 FAST = {"inner_backend": "aot_eager"}
@@ -472,10 +474,13 @@ def test_inductor_setting_compiles_each_arm_under_its_setting(tmp_path, monkeypa
     assert "fallback_random" in (tmp_path / "inductor-setting.md").read_text()
 
 
-def test_the_step_profile_compares_backend_options_in_one_run():
-    variants = _bench_script("step_profile").profiled_variants
+def test_a_variant_switches_backend_options_on_after_a_plus():
     names = ["inductor", "quartet2", "quartet2+fuse_projections"]
-    assert variants(",".join(names)) == names
-    for bad in ("inductor+fuse_projections", "quartet2+min_features", "quartet2+nope", "nope"):
+    assert variant_list(",".join(names)) == names
+    fused = parse_variants("quartet2+fuse_projections")[0]
+    assert (fused.name, fused.recipe, fused.options) == (names[2], Recipe.QUARTET2, ("fuse_projections",))
+    assert backend_for(fused, {}).inner.config.fuse_projections
+    assert not backend_for(parse_variants("quartet2")[0], {}).inner.config.fuse_projections
+    for bad in ("inductor+fuse_projections", "quartet2+min_features", "quartet2+nope", "nope", ""):
         with pytest.raises(argparse.ArgumentTypeError):
-            variants(bad)
+            variant_list(bad)

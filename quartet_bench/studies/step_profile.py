@@ -21,7 +21,6 @@ such layer's forward and backward add to the step beyond the BF16 layer it repla
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import statistics
 import time
@@ -32,13 +31,11 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from quartet_compile import QuartetConfig
-
 from .. import report
 from ..arguments import HelpFormatter, add_model_arguments, spec_from, variant_list
 from ..models import ModelSpec
 from ..training import Timer, TrainSettings, optimizer_for, train_step
-from ..variants import VARIANTS, Kind, backend_for, parse_variants
+from ..variants import Kind, backend_for, parse_variants
 
 FAMILIES = {
     "gemm": r"gemm|nvjet|cutlass|xmma|cublas|_scale_epilogue_kernel",
@@ -72,34 +69,19 @@ def breakdown(kernels: Iterable[tuple[str, float]], steps: int, top: int = 10) -
     }
 
 
-def profiled_variants(text: str) -> list[str]:
-    """``--variants``: comma-separated variant names; a quartet variant may carry boolean backend
-    options switched on after ``+`` (``quartet2+fuse_projections``), so that one run compares
-    them."""
-    names = [n for n in text.split(",") if n]
-    variant_list(",".join(n.partition("+")[0] for n in names))
-    flags = {field.name for field in dataclasses.fields(QuartetConfig) if field.type in ("bool", bool)}
-    for name in names:
-        base, *options = name.split("+")
-        if options and (VARIANTS[base].kind is not Kind.QUARTET or not set(options) <= flags):
-            raise argparse.ArgumentTypeError(f"{name}: only quartet variants take options, from {sorted(flags)}")
-    return names
-
-
 def training_step(
     variant: str, spec: ModelSpec, settings: TrainSettings, device: torch.device, inner: str
 ) -> tuple[Callable[[], None], Callable[[], int]]:
-    """:func:`training.train_step` of ``spec`` compiled as ``variant`` (with its ``+`` options)
-    on a fixed random batch, and a count of the linear layers the quartet backend took over so
-    far; ``inner`` compiles quartet's rewritten graph."""
-    base, *options = variant.split("+")
-    chosen = parse_variants(base)[0]
+    """:func:`training.train_step` of ``spec`` compiled as ``variant`` on a fixed random batch,
+    and a count of the linear layers the quartet backend took over so far; ``inner`` compiles
+    quartet's rewritten graph."""
+    chosen = parse_variants(variant)[0]
     if chosen.kind not in (Kind.EAGER, Kind.INDUCTOR, Kind.QUARTET):
         raise SystemExit(f"{variant}: the step profile covers eager, inductor and quartet variants")
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = spec.build().to(device)
-    backend = backend_for(chosen, {"inner_backend": inner, **dict.fromkeys(options, True)})
+    backend = backend_for(chosen, {"inner_backend": inner})
     step_fn = model if backend is None else torch.compile(model, backend=backend, mode=settings.compile_mode)
     params = list(model.parameters())
     optimizer = optimizer_for(params, settings)
@@ -176,8 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     add_model_arguments(parser, "30m")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--variants", type=profiled_variants, default="inductor,quartet2",
-                        help="the first is the baseline")  # fmt: skip
+    parser.add_argument("--variants", type=variant_list, default="inductor,quartet2", help="the first is the baseline")
     parser.add_argument("--mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument("--cpp-wrapper", action="store_true", help="Inductor launches kernels from generated C++")
     parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
