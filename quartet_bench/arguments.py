@@ -66,6 +66,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str) -> 
     parser.add_argument("--hf-set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
 
+def add_step_arguments(parser: argparse.ArgumentParser, *, steps: int, name: str) -> None:
+    """What a timed-step study measures on and where it writes: the batch shape, warm-up and
+    timed steps, the device, and the result files' directory and stem."""
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--name", default=name, help="file stem of the results")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """Arguments shared by ``quartet-bench`` and the demo (which only changes their defaults)."""
     add_model_arguments(parser, defaults["model"])

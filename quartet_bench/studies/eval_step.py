@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from quartet_compile import QuartetConfig, backend
 
 from .. import report
-from ..arguments import HelpFormatter, add_model_arguments, spec_from
+from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from
 from .step_profile import measure
 
 CASES = {
@@ -51,13 +50,7 @@ def forward_step(model: torch.nn.Module, compiled_as: str, no_grad: bool, cache:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser, "30m")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--name", default="eval-step", help="file stem of the results")
+    add_step_arguments(parser, steps=10, name="eval-step")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     spec = spec_from(args)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import ast
 import statistics
-from pathlib import Path
 
 import torch
 import torch._inductor.config
 
 from .. import report
-from ..arguments import HelpFormatter, add_model_arguments, spec_from
+from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from
 from ..training import TrainSettings
 from .step_profile import measure, training_step
 
@@ -36,16 +35,10 @@ def setting(text: str) -> tuple[str, object]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser, "30m")
+    add_step_arguments(parser, steps=5, name="inductor-setting")
     parser.add_argument("--setting", type=setting, required=True, help="NAME=VALUE of torch._inductor.config")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--variant", default="quartet2")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--name", default="inductor-setting")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     spec = spec_from(args)

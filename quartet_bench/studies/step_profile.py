@@ -26,13 +26,12 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .. import report
-from ..arguments import HelpFormatter, add_model_arguments, spec_from, variant_list
+from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from, variant_list
 from ..models import ModelSpec
 from ..training import Timer, TrainSettings, optimizer_for, train_step
 from ..variants import Kind, backend_for, parse_variants
@@ -156,17 +155,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser, "30m")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=512)
+    add_step_arguments(parser, steps=5, name="step-profile")
     parser.add_argument("--variants", type=variant_list, default="inductor,quartet2", help="the first is the baseline")
     parser.add_argument("--mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument("--cpp-wrapper", action="store_true", help="Inductor launches kernels from generated C++")
     parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
-    parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--name", default="step-profile", help="file stem of the results")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch._inductor.config.cpp_wrapper = args.cpp_wrapper
