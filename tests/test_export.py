@@ -78,26 +78,31 @@ def test_compressed_tensors_decompresses_what_training_used(recipe, tmp_path):
     assert "weight_packed" not in str(_module_tensors(state, "lm_head"))
 
 
-def test_fused_groups_share_one_tensor_scale_and_report_the_change(tmp_path):
+def _exported_groups(tmp_path, config: QuartetConfig):
+    """The seed-1 Llama exported with ``config``: the model, the written tensors, the report, its
+    layers by module, and the module paths of each fused group."""
     model, tokens = _llama(seed=1)
-    config = QuartetConfig()
     report = export(model, tmp_path, tokens, config=config)
-    state = load_file(tmp_path / "model.safetensors")
     layers = {layer.module: layer for layer in report.layers}
-    for i in range(2):
-        for group in (LAYERS[:3], MLP[:2]):
-            members = [f"model.layers.{i}.{p}" for p in group]
-            scales = {float(state[f"{m}.weight_global_scale"]) for m in members}
-            assert len(scales) == 1, members  # what engines fuse carries one scale
-            whole = quantize_weight(
-                torch.cat([model.get_submodule(m).weight.detach().bfloat16() for m in members]), config.numerics
-            )
-            assert float(1 / whole.tensor_scale) == scales.pop()
-            for m in members:
-                exported = decode(Format.COMPRESSED_TENSORS, _module_tensors(state, m))
-                expected = rel(exported, _trained(model, m, config).dequantize(torch.float32))
-                assert layers[m].group == tuple(members)
-                assert layers[m].relative_change == pytest.approx(expected, rel=1e-3, abs=1e-6)
+    groups = [[f"model.layers.{i}.{p}" for p in group] for i in range(2) for group in (LAYERS[:3], MLP[:2])]
+    return model, load_file(tmp_path / "model.safetensors"), report, layers, groups
+
+
+def test_fused_groups_share_one_tensor_scale_and_report_the_change(tmp_path):
+    config = QuartetConfig()
+    model, state, _, layers, groups = _exported_groups(tmp_path, config)
+    for members in groups:
+        scales = {float(state[f"{m}.weight_global_scale"]) for m in members}
+        assert len(scales) == 1, members  # what engines fuse carries one scale
+        whole = quantize_weight(
+            torch.cat([model.get_submodule(m).weight.detach().bfloat16() for m in members]), config.numerics
+        )
+        assert float(1 / whole.tensor_scale) == scales.pop()
+        for m in members:
+            exported = decode(Format.COMPRESSED_TENSORS, _module_tensors(state, m))
+            expected = rel(exported, _trained(model, m, config).dequantize(torch.float32))
+            assert layers[m].group == tuple(members)
+            assert layers[m].relative_change == pytest.approx(expected, rel=1e-3, abs=1e-6)
     scaled_up = ("model.layers.0.self_attn.k_proj", "model.layers.0.mlp.up_proj")
     assert all(layers[m].relative_change == 0 for m in scaled_up)  # the group's scale is theirs
     assert all(layers[f"model.layers.0.{p}"].relative_change > 0.01 for p in ("self_attn.q_proj", "mlp.gate_proj"))
@@ -107,20 +112,15 @@ def test_fused_groups_share_one_tensor_scale_and_report_the_change(tmp_path):
 def test_a_model_trained_with_fused_projections_exports_exactly(tmp_path):
     """With ``fuse_projections`` the forward multiplies by each group's weights quantized as one
     tensor: the export writes exactly those, and reports no change."""
-    model, tokens = _llama(seed=1)
     config = QuartetConfig(fuse_projections=True)
-    report = export(model, tmp_path, tokens, config=config)
-    state = load_file(tmp_path / "model.safetensors")
-    layers = {layer.module: layer for layer in report.layers}
-    for i in range(2):
-        for group in (LAYERS[:3], MLP[:2]):
-            members = [f"model.layers.{i}.{p}" for p in group]
-            weights = [model.get_submodule(m).weight.detach().bfloat16() for m in members]
-            trained = quantize_weight(torch.cat(weights), config.numerics).dequantize(torch.float32)
-            for m, exact in zip(members, trained.split([w.shape[0] for w in weights]), strict=True):
-                assert layers[m].group == tuple(members) and layers[m].relative_change == 0, m
-                got = decode(Format.COMPRESSED_TENSORS, _module_tensors(state, m))
-                assert ((got - exact).abs() <= 2**-22 * exact.abs().max()).all(), m
+    model, state, report, layers, groups = _exported_groups(tmp_path, config)
+    for members in groups:
+        weights = [model.get_submodule(m).weight.detach().bfloat16() for m in members]
+        trained = quantize_weight(torch.cat(weights), config.numerics).dequantize(torch.float32)
+        for m, exact in zip(members, trained.split([w.shape[0] for w in weights]), strict=True):
+            assert layers[m].group == tuple(members) and layers[m].relative_change == 0, m
+            got = decode(Format.COMPRESSED_TENSORS, _module_tensors(state, m))
+            assert ((got - exact).abs() <= 2**-22 * exact.abs().max()).all(), m
     assert "0.00e+00 change" in str(report)
 
 
