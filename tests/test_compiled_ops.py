@@ -146,6 +146,53 @@ def test_the_backward_is_kernel_launches_with_its_seeds_drawn_in_the_graph(recip
     assert not _unwritten_buffers(graph)
 
 
+def _launch_inputs(gm: torch.fx.GraphModule, kernel: str, argument: str) -> list[torch.fx.Node]:
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    return [
+        n.kwargs["kwargs"][argument]
+        for n in gm.graph.nodes
+        if n.op == "call_function"
+        and "triton_kernel_wrapper_functional" in str(n.target)
+        and kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__ == kernel
+    ]
+
+
+def test_an_input_read_by_several_launches_is_realized_once(a_hopper_target):
+    """Inductor hands each user-kernel launch its own copy of an input that is still an unfused
+    computation (the autocast of ``x``, a pointwise gradient): the forward's operands feed both
+    passes, and the gradient all four MS-EDEN passes, through one layout-fixing node each."""
+    numerics = QuartetConfig(recipe="quartet2").numerics
+    x = torch.randn(256, 128, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(384, 128, dtype=torch.bfloat16, requires_grad=True)
+
+    def layer(x, w):
+        return quantized_linear(x * 2, w, numerics=numerics.encode(), implementation="triton")
+
+    (forward,) = _traced_graphs(layer, x, w)
+    for operand in ("a", "b"):
+        sources = {*_launch_inputs(forward, "_stats_kernel", f"{operand}_ptr"),
+                   *_launch_inputs(forward, "_quantize_kernel", f"{operand}_x_ptr")}  # fmt: skip
+        assert len(sources) == 1 and "inductor_force_stride_order" in str(next(iter(sources)).target)
+
+    outputs = torch.ops.quartet.linear(
+        x.detach(), w.detach(), None, numerics.encode(), Implementation.REFERENCE.value, -1
+    )
+    saved = (None, None, *outputs[1:])
+
+    def backward(grad, *parts):
+        dtype = torch.bfloat16
+        return torch.ops.quartet.linear_triton_backward(
+            grad * 2, *saved[:2], *parts, numerics.encode(), False, dtype, dtype, True, True
+        )
+
+    (graph,) = _traced_graphs(backward, torch.randn(256, 384, dtype=torch.bfloat16), *saved[2:])
+    sources = _launch_inputs(graph, "_ms_eden_kernel", "a_src_ptr")  # g, and g^T for the weight gradient
+    roots = {source.args[0] if "permute" in str(source.target) else source for source in sources}
+    assert len(sources) == 4 and len(roots) == 1
+    assert "inductor_force_stride_order" in str(next(iter(roots)).target)
+
+
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 def test_the_tma_gemm_output_is_written_by_its_launch(out_dtype, a_hopper_target, monkeypatch):
     """The Hopper GEMM builds its TMA descriptors on the device and stores through pointers,
@@ -275,6 +322,22 @@ def test_inductor_launches_compute_what_the_ops_compute(recipe):
         results.append(_cuda_step(fn, x, w, g))
     for eager, inductor in zip(*results, strict=True):
         assert torch.isfinite(eager).all() and torch.equal(eager, inductor)
+
+
+@pytest.mark.gpu
+def test_inductor_writes_a_pointwise_gradient_once():
+    """The gradient of a quantized layer whose output feeds a SiLU is the SiLU backward, a
+    pointwise kernel of Inductor's: it writes that gradient once, not a copy for each of the
+    four MS-EDEN passes that read it."""
+    from torch._inductor.utils import run_and_get_code
+
+    layer, x, w, _ = _cuda_layer("quartet2")
+    compiled = torch.compile(lambda x, w: torch.nn.functional.silu(layer(x, w)).float().square().sum(), fullgraph=True)
+    _, (*_, backward) = run_and_get_code(lambda: compiled(x, w).backward())
+    sources = [chunk.split("device_str")[0] for chunk in backward.split("async_compile.triton(")[1:]]
+    silu = [source for source in sources if "silu" in source.split(",")[0]]
+    assert len(silu) == 1, [source.split(",")[0] for source in sources]
+    assert silu[0].count("tl.store(") == 1, silu[0]
 
 
 @pytest.mark.gpu

@@ -19,6 +19,7 @@ import inspect
 from typing import Any
 
 import torch
+from torch import Tensor
 from triton import knobs
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
@@ -134,6 +135,18 @@ def traced(args: tuple) -> bool:
         or (isinstance(arg, torch.Tensor) and torch._is_functional_tensor(arg))
         for arg in args
     )
+
+
+def realized(t: Tensor) -> Tensor:
+    """``t``, for several launches to read. In a compiled graph Inductor hands each launch of a
+    user kernel its own copy of an input that is still an unfused computation (a dtype cast, a
+    pointwise gradient): a gradient read by the four MS-EDEN passes was written four times.
+    Fixing its layout here realizes it once, in its producer's kernel. Eager: ``t`` itself."""
+    if not traced((t,)):
+        return t
+    from torch._inductor import inductor_prims
+
+    return inductor_prims.force_stride_order(t, t.stride())
 
 
 def run(kernel: JITFunction, grid: tuple, *args: Any, **options: Any) -> None:

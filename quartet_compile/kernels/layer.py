@@ -40,6 +40,7 @@ from ..nvfp4.saved import Saved
 from .blackwell import NATIVE_K_MULTIPLE, dot_scaled_gemm
 from .dequantize import dequantize_unscaled
 from .gemm import unscaled_gemm
+from .launch import realized
 from .ms_eden import ms_eden_pair
 from .nvidia import nvidia_quantize
 from .quantize import Quantized, quantize, quantize_pair, stats_scratch
@@ -90,6 +91,7 @@ def forward(
     if not numerics.quantized:
         raise ValueError(f"the kernels implement quantized numerics only, not {numerics}")
     numerics.check_shapes(x.shape[0], x.shape[1], (weight if operand is None else operand.fp4).shape[0])
+    x, weight = realized(x), None if weight is None else realized(weight)
     four_over_six = numerics.forward is ForwardQuant.FOUR_OVER_SIX
     nvidia = numerics.forward is ForwardQuant.NVIDIA
     route = operands(native, x.shape[1])
@@ -206,4 +208,4 @@ def backward(
 ) -> tuple[Tensor | None, Tensor | None]:
     """``(dx [T, K], dW [N, K])`` for ``grad [T, N]`` with the numerics' backward; ``None`` where
     not ``needs``."""
-    return _BACKWARDS[numerics.backward](grad, saved, dtypes, needs, source, native)
+    return _BACKWARDS[numerics.backward](realized(grad), saved, dtypes, needs, source, native)

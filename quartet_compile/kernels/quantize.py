@@ -314,7 +314,9 @@ class Quantized:
 class Outputs:
     """The buffers a quantize kernel writes (every quantizer here has the same four): packed
     codes and E4M3 scale bytes when codes are asked for, the unscaled bf16 operand when it is,
-    and the float32 tensor scale."""
+    and the float32 tensor scale. The tensor scale is allocated with one element and viewed as
+    0-d in :meth:`result`: Inductor lowers a 0-d ``empty`` to a kernel that fills it, one
+    launch per quantized operand in a compiled graph."""
 
     codes: Tensor | None
     scales: Tensor | None
@@ -331,7 +333,7 @@ class Outputs:
             empty(rows, cols // 2, dtype=torch.uint8) if codes else None,
             empty(rows, cols // BLOCK, dtype=torch.uint8) if codes else None,
             empty(rows, cols, dtype=torch.bfloat16) if unscaled_bf16 else None,
-            empty(dtype=torch.float32),
+            empty(1, dtype=torch.float32),
             (rows, cols),
         )
 
@@ -354,9 +356,10 @@ class Outputs:
     def result(self, shape: torch.Size, dtype: torch.dtype) -> Quantized:
         """The :class:`Quantized` view of the written buffers; ``shape``, ``dtype``: the source's."""
         fp4 = None
+        tensor_scale = self.tensor_scale.view(())
         if self.codes is not None:
-            fp4 = NVFP4Tensor(self.codes, self.scales.view(torch.float8_e4m3fn), self.tensor_scale, shape, dtype)
-        return Quantized(fp4, self.unscaled_bf16, self.tensor_scale)
+            fp4 = NVFP4Tensor(self.codes, self.scales.view(torch.float8_e4m3fn), tensor_scale, shape, dtype)
+        return Quantized(fp4, self.unscaled_bf16, tensor_scale)
 
 
 def two_passes(kernel: Any, grid: tuple[int, ...], args: tuple, constexprs: dict[str, Any]) -> None:
