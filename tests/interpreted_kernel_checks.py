@@ -13,7 +13,7 @@ import triton.language as tl
 from fp4_asserts import assert_same_fp4
 
 from quartet_compile.config import QuartetConfig
-from quartet_compile.kernels import layer
+from quartet_compile.kernels import configs, layer
 from quartet_compile.kernels.dequantize import dequantize_unscaled
 from quartet_compile.kernels.ms_eden import ms_eden, ms_eden_pair
 from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e2m1_sr, e4m3_rne, e4m3_sr
@@ -259,11 +259,29 @@ def ms_eden_stage(generator: torch.Generator) -> None:
         assert_same_fp4(k.fp4, ref)
         assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
     ms_eden_pairs(rotation, generator)
+    ms_eden_row_tiles(rotation, seed, generator)
     again: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed, debug=again)
     other: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed + 1, debug=other)
     assert not torch.equal(again["uniforms"], other["uniforms"]), "the seed must change the draws"
+
+
+def ms_eden_row_tiles(rotation: torch.Tensor, seed: torch.Tensor, generator: torch.Generator) -> None:
+    """Programs that take several row tiles (``tiles_per_program``: 80 rows in tiles of 16 make
+    five per column group, so the last program's second tile lies past the end) compute what
+    one tile per program computes, bit for bit, amax included."""
+    g = _inputs(80, 256, torch.float32, generator).bfloat16()
+    results = []
+    for block_r in (128, 16):
+        with configs.override("ms_eden", {"BLOCK_R": block_r}):
+            for transpose in (False, True):
+                q = ms_eden(g if not transpose else g.T.contiguous(), rotation, seed, transpose=transpose,
+                            unscaled_bf16=True)  # fmt: skip
+                results.append(q)
+    for one, tiled in zip(results[:2], results[2:], strict=True):
+        assert_same_fp4(tiled.fp4, one.fp4)
+        assert torch.equal(tiled.unscaled_bf16, one.unscaled_bf16) and torch.equal(tiled.tensor_scale, one.tensor_scale)
 
 
 def ms_eden_pairs(rotation: torch.Tensor, generator: torch.Generator) -> None:

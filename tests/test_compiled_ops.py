@@ -199,7 +199,7 @@ def test_the_tma_gemm_output_is_written_by_its_launch(out_dtype, a_hopper_target
     so that PyTorch sees the output written (it misses stores through descriptors)."""
     from quartet_compile.kernels import gemm
 
-    monkeypatch.setattr(gemm, "_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(gemm, "multiprocessors", lambda device: 132)
     a, b = torch.randn(512, 256, dtype=torch.bfloat16), torch.randn(384, 256, dtype=torch.bfloat16)
     scale = torch.ones((), dtype=torch.float32)
     traced = make_fx(

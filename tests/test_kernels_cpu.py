@@ -245,7 +245,9 @@ _MS_EDEN_SHARED = (
 def _ms_eden_launch(a: dict, b: dict | None) -> tuple:
     """``_ms_eden_kernel``'s quantize pass over operand ``a`` and optionally ``b`` in the same
     launch, each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``."""
-    constexprs = {"AMAX_PASS": False, "EMULATED": False, "DEBUG": False, "BLOCK_R": 64}
+    shipped = config("ms_eden")
+    constexprs = {"AMAX_PASS": False, "EMULATED": False, "DEBUG": False, "BLOCK_R": shipped["BLOCK_R"],
+                  "TILES": shipped["MAX_TILES"]}  # fmt: skip
     slots = [None if slot is None else {**slot, "SPLITS": 1} for slot in (a, b)]
     return _two_slot_launch(ms_eden._ms_eden_kernel, _MS_EDEN_SIGNATURE, _MS_EDEN_SHARED, *slots, constexprs)
 
@@ -284,7 +286,7 @@ def test_outputs_with_few_tiles_leave_the_tma_gemm(monkeypatch):
     weight gradients (8-24 tiles) and a 78-tile one take cuBLAS; 128 tiles and up take TMA."""
     import torch
 
-    monkeypatch.setattr(gemm, "_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(gemm, "multiprocessors", lambda device: 132)
     cpu = torch.device("cpu")
     assert not gemm.fills_device(512, 512, cpu)
     assert not gemm.fills_device(1536, 512, cpu)
@@ -469,3 +471,11 @@ def test_gpus_before_blackwell_have_no_native_fp4_mma(arch):
         assert "fp8e4nv not supported" in str(error)
         return
     assert blackwell.NATIVE_INSTRUCTION not in ptx
+
+
+def test_ms_eden_programs_take_more_row_tiles_only_where_the_gpu_stays_filled():
+    """Up to ``max_tiles`` row tiles per program, doubling while every SM keeps at least
+    ``programs_per_sm`` programs (132 SMs, three per SM: 396 programs)."""
+    per_program = [ms_eden.tiles_per_program(tiles, 4, 132, 3) for tiles in (1, 288, 791, 792, 1583, 1584, 10**6)]
+    assert per_program == [1, 1, 1, 2, 2, 4, 4]
+    assert ms_eden.tiles_per_program(10**6, 1, 132, 3) == 1

@@ -145,8 +145,14 @@ def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
             for name, fn in [("rtn", lambda: quantize(x)), ("4/6", lambda: quantize(x, four_over_six=True))]
         ]
         + [
-            ("ms_eden", {"BLOCK_R": r, "num_warps": w, "maxnreg": regs}, name, fn)
-            for r, w, regs in [(64, 4, None), (64, 8, None), (128, 8, None), (64, 8, 128), (64, 4, 168)]
+            ("ms_eden", {"BLOCK_R": r, "MAX_TILES": t, "num_warps": w, "maxnreg": regs}, name, fn)
+            for r, t, w, regs in [
+                (64, 1, 4, 168),
+                (64, 1, 8, None),
+                (64, 2, 8, None),
+                (64, 4, 8, None),
+                (128, 1, 8, None),
+            ]  # fmt: skip
             for name, fn in [
                 ("ms-eden: codes", lambda: ms_eden(x, rotation, seed)),
                 ("ms-eden: bf16 operand", lambda: ms_eden(x, rotation, seed, codes=False, unscaled_bf16=True)),

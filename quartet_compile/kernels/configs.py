@@ -23,9 +23,10 @@ _TABLE: dict[str, dict[str, dict[str, Any]]] = {
     "stats": {DEFAULT: {"BLOCK_SIZE": 16384, "num_warps": 8}},
     "quantize": {DEFAULT: {"BLOCK_R": 8, "BLOCK_C": 256, "num_warps": 4}},
     "quantize_tile_2d": {DEFAULT: {"BLOCK_R": 16, "BLOCK_C": 128, "num_warps": 4}},
-    # MS-EDEN: rows per program (each program owns one 128-column group), and a register cap
-    # that fits three programs per SM instead of two.
-    "ms_eden": {DEFAULT: {"BLOCK_R": 64, "num_warps": 4, "maxnreg": 168}},
+    # MS-EDEN: each program owns one 128-column group and up to MAX_TILES tiles of BLOCK_R rows
+    # of it, as many as leave PROGRAMS_PER_SM programs per SM (ms_eden.tiles_per_program). No
+    # register cap: Inductor's launches drop one.
+    "ms_eden": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "num_warps": 8}},
     # nvidia recipe's backward quantizers: a rotated tile is one [BLOCK_R * BLOCK_C / 16, 16] x
     # [16, 16] tensor-core product.
     "nvidia": {DEFAULT: {"BLOCK_R": 32, "BLOCK_C": 128, "num_warps": 4}},
@@ -47,6 +48,15 @@ def architecture(device: torch.device) -> str:
         return device.type
     major, minor = torch.cuda.get_device_capability(device)
     return f"sm_{major}{minor}"
+
+
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    """SM count of a CUDA device (1 for other devices), cached: the property query costs host
+    time on every launch that sizes its grid by it otherwise."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def config(kernel: str, device: torch.device | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .configs import config
+from .configs import config, multiprocessors
 from .launch import cdiv, run, traced
 
 
@@ -120,12 +120,6 @@ def _output(rows: int, cols: int, like: Tensor, out_dtype: torch.dtype) -> Tenso
     return torch.empty(rows, cols, dtype=out_dtype, device=like.device)
 
 
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    """SM count, cached: the property query costs host time on every GEMM otherwise."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def tma_gemm(
     a_unscaled: Tensor,
     b_unscaled: Tensor,
@@ -144,7 +138,7 @@ def tma_gemm(
         cfg["num_stages"] -= 1
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     tiles = cdiv(m, bm) * cdiv(n, bn)
-    programs = min(tiles, _multiprocessors(c.device))
+    programs = min(tiles, multiprocessors(c.device))
     if not traced((a_unscaled,)):
         triton.set_allocator(_scratch)  # per thread: the backward runs in autograd's own thread
     run(
@@ -186,7 +180,7 @@ about 100 KB; Ampere and Ada have neither)."""
 
 @functools.cache
 def _has_tma(device: torch.device) -> bool:
-    """Whether ``device`` runs :func:`tma_gemm`, cached like :func:`_multiprocessors`."""
+    """Whether ``device`` runs :func:`tma_gemm`, cached like :func:`.configs.multiprocessors`."""
     return torch.cuda.get_device_capability(device)[0] in TMA_MAJORS
 
 
@@ -235,7 +229,7 @@ def fills_device(m: int, n: int, device: torch.device) -> bool:
     without splitting K."""
     cfg = config("tma_gemm", device)
     tiles = cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"])
-    return tiles >= TMA_MIN_WAVE * _multiprocessors(device)
+    return tiles >= TMA_MIN_WAVE * multiprocessors(device)
 
 
 def unscaled_gemm(

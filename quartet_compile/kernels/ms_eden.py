@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..nvfp4.format import BLOCK, E2M1_MAX, NVFP4Tensor
 from ..nvfp4.numerics import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE, misaligned
-from .configs import config
+from .configs import config, multiprocessors
 from .launch import cdiv
 from .nvfp4_math import (
     accumulate_stats,
@@ -166,68 +166,71 @@ def _ms_eden_program(
     EMULATED: tl.constexpr,
     DEBUG: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    TILES: tl.constexpr,
 ):
-    """Program ``p`` of one operand's pass: rows ``r0 .. r0+BLOCK_R`` of its 128-column group
-    ``group`` (consecutive programs take consecutive row tiles of one group)."""
-    row_tiles = tl.cdiv(rows, BLOCK_R)
-    group = p // row_tiles
-    r0 = (p % row_tiles) * BLOCK_R
+    """Program ``p`` of one operand's pass: ``TILES`` consecutive row tiles of ``BLOCK_R`` rows
+    of its 128-column group ``group`` (consecutive programs take consecutive tiles of one
+    group), so that the rotation it loaded serves several tiles."""
+    chunks = tl.cdiv(tl.cdiv(rows, BLOCK_R), TILES)
+    group = p // chunks
     stats_ptr += 2 * stats_row
-    r = r0 + tl.arange(0, BLOCK_R)
-    row_ok = r < rows
-    c0 = group * 128
-    rot = _rotated_tile(
-        src_ptr,
-        src_scales_ptr,
-        src_tensor_scale_ptr,
-        rotation,
-        r0,
-        r,
-        row_ok,
-        c0,
-        rows,
-        stride_r,
-        stride_c,
-        PACKED,
-        SPLITS,
-        EMULATED,
-        BLOCK_R,
-    )
-    if AMAX_PASS:
-        accumulate_stats(rot, stats_ptr)
-    else:
-        s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, p == 0)
-        lo, hi = _halves(rot)
-        blocks = c0 // 16 + tl.arange(0, 8)
-        uniforms = _block_uniforms(tl.load(seed_ptr), r, group, cols)
-        if fast_division_ok(stats_ptr, s_t):
-            s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, True)
-        else:
-            s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, False)
-
-        mask = tl.broadcast_to(row_ok[:, None], (BLOCK_R, 8))
-        if DEBUG:
-            c = c0 + tl.arange(0, 8)[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
-            rotated_ptrs = rotated_ptr + r.to(tl.int64)[:, None, None] * cols + c
-            tl.store(rotated_ptrs, lo, mask=mask[:, :, None])
-            tl.store(rotated_ptrs + 8, hi, mask=mask[:, :, None])
-            tl.store(uniforms_ptr + r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :], uniforms, mask=mask)
-        store_half_blocks(
-            codes_ptr,
-            scales_ptr,
-            deq_ptr,
+    for t in tl.range(0, TILES):
+        r0 = (p % chunks * TILES + t) * BLOCK_R
+        r = r0 + tl.arange(0, BLOCK_R)
+        row_ok = r < rows
+        c0 = group * 128
+        rot = _rotated_tile(
+            src_ptr,
+            src_scales_ptr,
+            src_tensor_scale_ptr,
+            rotation,
+            r0,
             r,
-            blocks,
-            cols,
-            mask,
-            s_b,
-            q_lo,
-            q_hi,
-            code_lo,
-            code_hi,
-            STORE_CODES,
-            STORE_DEQ,
+            row_ok,
+            c0,
+            rows,
+            stride_r,
+            stride_c,
+            PACKED,
+            SPLITS,
+            EMULATED,
+            BLOCK_R,
         )
+        if AMAX_PASS:
+            accumulate_stats(rot, stats_ptr)
+        else:
+            s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, p == 0)
+            lo, hi = _halves(rot)
+            blocks = c0 // 16 + tl.arange(0, 8)
+            uniforms = _block_uniforms(tl.load(seed_ptr), r, group, cols)
+            if fast_division_ok(stats_ptr, s_t):
+                s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, True)
+            else:
+                s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, False)
+
+            mask = tl.broadcast_to(row_ok[:, None], (BLOCK_R, 8))
+            if DEBUG:
+                c = c0 + tl.arange(0, 8)[None, :, None] * 16 + tl.arange(0, 8)[None, None, :]
+                rotated_ptrs = rotated_ptr + r.to(tl.int64)[:, None, None] * cols + c
+                tl.store(rotated_ptrs, lo, mask=mask[:, :, None])
+                tl.store(rotated_ptrs + 8, hi, mask=mask[:, :, None])
+                tl.store(uniforms_ptr + r.to(tl.int64)[:, None] * (cols // 16) + blocks[None, :], uniforms, mask=mask)
+            store_half_blocks(
+                codes_ptr,
+                scales_ptr,
+                deq_ptr,
+                r,
+                blocks,
+                cols,
+                mask,
+                s_b,
+                q_lo,
+                q_hi,
+                code_lo,
+                code_hi,
+                STORE_CODES,
+                STORE_DEQ,
+            )
 
 
 @triton.jit
@@ -282,6 +285,7 @@ def _ms_eden_kernel(
     EMULATED: tl.constexpr,
     DEBUG: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    TILES: tl.constexpr,
 ):
     """One pass over one operand, or over two (``TWO``) in one launch: the first ``a_programs``
     programs take operand ``a``, the rest operand ``b``, so that a GEMM's two operands cost one
@@ -319,6 +323,7 @@ def _ms_eden_kernel(
             EMULATED,
             DEBUG,
             BLOCK_R,
+            TILES,
         )
     if TWO:
         if p >= a_programs:
@@ -351,17 +356,19 @@ def _ms_eden_kernel(
                 EMULATED,
                 DEBUG,
                 BLOCK_R,
+                TILES,
             )
 
 
 @dataclass(frozen=True)
 class _Slot:
     """One operand of a launch: its runtime arguments and constexprs in the kernel's slot order,
-    its program count, and the buffers it writes."""
+    its row tiles and 128-column groups, and the buffers it writes."""
 
     args: tuple
     constexprs: dict[str, Any]
-    programs: int
+    row_tiles: int
+    groups: int
     out: Outputs
 
     @classmethod
@@ -410,15 +417,32 @@ class _Slot:
             uniforms,
         )
         constexprs = {"PACKED": packed, "SPLITS": splits, "STORE_CODES": codes, "STORE_DEQ": unscaled_bf16}
-        return cls(args, constexprs, cdiv(rows, block_r) * (cols // EDEN_GROUP), out)
+        return cls(args, constexprs, cdiv(rows, block_r), cols // EDEN_GROUP, out)
+
+    def programs(self, tiles: int) -> int:
+        return cdiv(self.row_tiles, tiles) * self.groups
 
     def result(self) -> Quantized:
         return self.out.result(torch.Size(self.out.shape), torch.float32)
 
 
+def tiles_per_program(tiles: int, max_tiles: int, sms: int, programs_per_sm: int) -> int:
+    """Row tiles each program takes, for a launch of ``tiles`` tiles: the most, up to
+    ``max_tiles`` (a power of two), that leave at least ``programs_per_sm`` programs per SM. More
+    tiles per program load the rotation fewer times and overlap one tile's loads with the last
+    one's arithmetic; fewer leave programs to fill the GPU (the 156M shapes in
+    ``docs/kernels.md``)."""
+    per_program = 1
+    while per_program < max_tiles and tiles >= 2 * per_program * programs_per_sm * sms:
+        per_program *= 2
+    return per_program
+
+
 def _launch(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, cfg: dict[str, Any], debug: bool) -> None:
     """Both passes over one or two operands, one launch each."""
     a, b = slots[0], slots[-1]
+    sms = multiprocessors(rotation.device)
+    tiles = tiles_per_program(sum(s.programs(1) for s in slots), cfg.pop("MAX_TILES"), sms, cfg.pop("PROGRAMS_PER_SM"))
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
     args = (
         rotation,
@@ -427,7 +451,7 @@ def _launch(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, cfg: dict[s
         value_max,
         value_max * MS_EDEN_SCALE_MAX,
         *a.args,
-        a.programs,
+        a.programs(tiles),
         *(b.args if len(slots) == 2 else (None,) * len(a.args)),
     )
     constexprs = {
@@ -436,9 +460,10 @@ def _launch(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, cfg: dict[s
         "TWO": len(slots) == 2,
         "EMULATED": rotation.device.type != "cuda",
         "DEBUG": debug,
+        "TILES": tiles,
         **cfg,
     }
-    two_passes(_ms_eden_kernel, (sum(slot.programs for slot in slots),), args, constexprs)
+    two_passes(_ms_eden_kernel, (sum(slot.programs(tiles) for slot in slots),), args, constexprs)
 
 
 def ms_eden(
