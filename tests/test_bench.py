@@ -400,6 +400,7 @@ def test_step_profile_groups_kernels_by_family(tmp_path):
                   "1", "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
     base, op_layer = json.loads((tmp_path / "step-profile.json").read_text())["rows"]
     assert 0 < base["host_ms"] <= base["step_ms"] and base["x_step"] == 1.0
+    assert math.isnan(base["device_mallocs"])  # no CUDA allocator on the CPU
     assert base["quartet_linears"] == 0 and "host_us_per_linear" not in base
     assert op_layer["quartet_linears"] == 14  # q, k, v, o, gate, up, down of the tiny preset's two blocks
     assert op_layer["x_step"] == pytest.approx(op_layer["step_ms"] / base["step_ms"])

@@ -15,7 +15,9 @@ waits for launches; ``--mode reduce-overhead`` removes that). On CPU the step is
 kernels are listed. For each quartet variant, "host us / linear" and "launches / linear" are its
 excess over the baseline divided by the number of linear layers the backend took over: what one
 such layer's forward and backward add to the step beyond the BF16 layer it replaces (for the
-``bf16`` recipe, the cost of the op layer alone).
+``bf16`` recipe, the cost of the op layer alone). "device mallocs" counts the caching allocator's
+``cudaMalloc`` and ``cudaFree`` calls per timed step: nonzero means the allocator has not settled,
+and a free waits for the device, which inflates host time.
 """
 
 from __future__ import annotations
@@ -103,12 +105,14 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
         torch.cuda.reset_peak_memory_stats(device)
     timer = Timer(device)
     times, host = [], []
+    allocator = _allocator_counts(device)
     for _ in range(steps):
         start = timer.start()
         issued = time.perf_counter()
         step()
         host.append((time.perf_counter() - issued) * 1e3)
         times.append(timer.elapsed_ms(start))
+    device_mallocs = (_allocator_counts(device) - allocator) / steps
     with profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
@@ -117,7 +121,17 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), "peak_gib": peak,
-            **breakdown(kernels, steps)}  # fmt: skip
+            "device_mallocs": device_mallocs, **breakdown(kernels, steps)}  # fmt: skip
+
+
+def _allocator_counts(device: torch.device) -> float:
+    """The caching allocator's ``cudaMalloc`` and ``cudaFree`` calls so far (``nan`` off CUDA): a
+    step that makes any is not in the allocator's steady state, and a free waits for the device,
+    which shows as host time."""
+    if device.type != "cuda":
+        return float("nan")
+    stats = torch.cuda.memory_stats(device)
+    return float(stats.get("num_device_alloc", 0) + stats.get("num_device_free", 0))
 
 
 def per_linear(row: dict, base: dict) -> dict:
@@ -137,13 +151,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines += [f"{meta['model']}, batch {meta['batch']} x {meta['seq_len']}, mode {meta['mode']}; ms per step, "
               f"ratios to {rows[0]['variant']}.", ""]  # fmt: skip
     header = ["variant", "step", "x", "host", "kernels", "x kernels", "launches", "quartet linears",
-              "host us / linear", "launches / linear", "peak GiB", *columns]  # fmt: skip
+              "host us / linear", "launches / linear", "peak GiB", "device mallocs", *columns]  # fmt: skip
     cells = []
     for r in rows:
         extra = [f"{r[k]:.0f}" if k in r else "-" for k in ("host_us_per_linear", "launches_per_linear")]
         cells.append([r["variant"], f"{r['step_ms']:.2f}", f"{r['x_step']:.2f}", f"{r['host_ms']:.2f}",
                       f"{r['kernel_ms']:.2f}", f"{r['x_kernels']:.2f}", f"{r['launches']:.0f}",
-                      str(r["quartet_linears"]), *extra, f"{r['peak_gib']:.2f}",
+                      str(r["quartet_linears"]), *extra, f"{r['peak_gib']:.2f}", f"{r['device_mallocs']:.1f}",
                       *(f"{r['families_ms'][c]:.2f}" for c in columns)])  # fmt: skip
     lines.append(report.markdown_table(header, cells))
     for r in rows:
