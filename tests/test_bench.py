@@ -485,3 +485,12 @@ def test_a_variant_switches_backend_options_on_after_a_plus():
     for bad in ("inductor+fuse_projections", "quartet2+min_features", "quartet2+nope", "nope", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             variant_list(bad)
+
+
+@pytest.mark.gpu
+def test_launch_queue_times_issue_and_completion(tmp_path):
+    _bench_script("launch_queue").main(["--launches", "8,64", "--kernel-us", "20", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "launch-queue.json").read_text())["rows"]
+    assert [r["launches"] for r in rows] == [8, 64]
+    assert all(0 < r["host_ms"] <= r["device_ms"] for r in rows)
+    assert rows[1]["device_ms"] >= 64 * 0.02 * 0.5  # the sleeps ran for about their calibrated time
