@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,16 +67,39 @@ LAUNCH_TIMEOUT_S = 300
 """A 3-step launch takes 15-60 s on the 2-core CI machine."""
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from ``/proc`` (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, stack = [], [pid]
+    while stack:
+        below = children.get(stack.pop(), [])
+        found += below
+        stack += below
+    return found
+
+
 def _launch(command: list[str], env: dict[str, str], timeout: float) -> tuple[subprocess.CompletedProcess, bool]:
-    """``command``'s result and whether it timed out; on a timeout the whole process group
-    (``torchrun`` and its ranks) is killed, and the output so far is kept."""
+    """``command``'s result and whether it timed out; on a timeout ``torchrun`` and every process
+    below it are killed, and the output so far is kept. Its ranks run in sessions of their own,
+    which a process-group kill misses: a surviving rank held the output pipes open and the
+    test waited for them forever."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # fmt: skip
     try:
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(command, proc.returncode, out, err), False
     except subprocess.TimeoutExpired:
+        below = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate()
         return subprocess.CompletedProcess(command, proc.returncode, out, err), True
 
@@ -92,6 +117,17 @@ def run_allowing_one_shutdown_hang(
     if hung:
         pytest.fail(f"{command[:4]}... hung for {timeout} s; output:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return done
+
+
+def test_a_timed_out_launch_kills_the_processes_it_started_in_sessions_of_their_own():
+    """As ``torchrun`` starts its ranks: a child in a session of its own that keeps the output
+    pipes open must not keep the test waiting after the timeout."""
+    child = "import time; time.sleep(60)"
+    script = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}], "
+              "start_new_session=True); print('started', flush=True); time.sleep(60)")  # fmt: skip
+    start = time.monotonic()
+    done, hung = _launch([sys.executable, "-c", script], dict(os.environ), timeout=5)
+    assert hung and "started" in done.stdout and time.monotonic() - start < 30
 
 
 def test_a_launch_that_hangs_after_its_last_line_runs_once_more(tmp_path):
