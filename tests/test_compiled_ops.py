@@ -67,14 +67,19 @@ def _targets(gm: torch.fx.GraphModule) -> list[str]:
     return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
 
-def _launched_kernels(gm: torch.fx.GraphModule) -> list[str]:
+def _launches(gm: torch.fx.GraphModule) -> list[tuple[str, torch.fx.Node]]:
+    """The graph's kernel launches, in order: the kernel's name and the launch node."""
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
     return [
-        kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__
+        (kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__, n)
         for n in gm.graph.nodes
         if n.op == "call_function" and "triton_kernel_wrapper_functional" in str(n.target)
     ]
+
+
+def _launched_kernels(gm: torch.fx.GraphModule) -> list[str]:
+    return [name for name, _ in _launches(gm)]
 
 
 def _random_draws(gm: torch.fx.GraphModule) -> list[str]:
@@ -147,15 +152,7 @@ def test_the_backward_is_kernel_launches_with_its_seeds_drawn_in_the_graph(recip
 
 
 def _launch_inputs(gm: torch.fx.GraphModule, kernel: str, argument: str) -> list[torch.fx.Node]:
-    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
-
-    return [
-        n.kwargs["kwargs"][argument]
-        for n in gm.graph.nodes
-        if n.op == "call_function"
-        and "triton_kernel_wrapper_functional" in str(n.target)
-        and kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__ == kernel
-    ]
+    return [n.kwargs["kwargs"][argument] for name, n in _launches(gm) if name == kernel]
 
 
 def test_an_input_read_by_several_launches_is_realized_once(a_hopper_target):
