@@ -270,16 +270,23 @@ def ms_eden_stage(generator: torch.Generator) -> None:
 def ms_eden_row_tiles(rotation: torch.Tensor, seed: torch.Tensor, generator: torch.Generator) -> None:
     """Programs that take several row tiles (``tiles_per_program``: 80 rows in tiles of 16 make
     five per column group, so the last program's second tile lies past the end) compute what
-    one tile per program computes, bit for bit, amax included."""
-    g = _inputs(80, 256, torch.float32, generator).bfloat16()
+    one tile per program computes, bit for bit, amax and the tiny-value flag included (the
+    amax pass publishes a program's statistics once, after its last tile: here rows 32-47, the
+    first of the second program's two tiles, are the only ones whose rotated values are that
+    small)."""
+    g = _inputs(80, 256, torch.float32, generator)
+    g[32:48] *= 1e-31
+    g = g.bfloat16()
     results = []
     for block_r in (128, 16):
         with configs.override("ms_eden", {"BLOCK_R": block_r}):
             for transpose in (False, True):
+                stats = torch.zeros(1, 2)
                 q = ms_eden(g if not transpose else g.T.contiguous(), rotation, seed, transpose=transpose,
-                            unscaled_bf16=True)  # fmt: skip
-                results.append(q)
-    for one, tiled in zip(results[:2], results[2:], strict=True):
+                            unscaled_bf16=True, stats=stats)  # fmt: skip
+                results.append((q, stats))
+    for (one, one_stats), (tiled, tiled_stats) in zip(results[:2], results[2:], strict=True):
+        assert torch.equal(tiled_stats, one_stats) and one_stats[0, 1] == 1.0, (one_stats, tiled_stats)
         assert_same_fp4(tiled.fp4, one.fp4)
         assert torch.equal(tiled.unscaled_bf16, one.unscaled_bf16) and torch.equal(tiled.tensor_scale, one.tensor_scale)
 

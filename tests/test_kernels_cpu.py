@@ -262,6 +262,22 @@ def test_ms_eden_kernel_ptx_rounds_exactly():
     assert len(re.findall(r"shfl\.sync", ptx)) <= 8
 
 
+def test_statistics_are_published_with_relaxed_atomics():
+    """The amax passes' atomics are relaxed, with no GPU-scope fence before them: only a later
+    launch reads the statistics, and Triton's default acquire-release atomic fences the loads of
+    the tiles still in flight (the MS-EDEN amax pass and the forward's statistics kernel)."""
+    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True}, None)
+    ms_eden_amax = _compile(kernel, signature, {**constexprs, "AMAX_PASS": True}, 90, num_warps=8, **quantize.EXACT)
+    stats_signature = {"stats_ptr": "*fp32", "a_ptr": "*bf16", "a_n": "i32", "a_stats_row": "i32", "a_programs": "i32",
+                       "b_ptr": "*bf16", "b_n": "i32", "b_stats_row": "i32"}  # fmt: skip
+    stats = _compile(quantize._stats_kernel, stats_signature, {"TWO": True, "BLOCK_SIZE": 1024}, 90, num_warps=4)
+    for compiled in (ms_eden_amax, stats):
+        ptx = compiled.asm["ptx"]
+        atomics = re.findall(r"\b(?:atom|red)\.[\w.:]+", ptx)
+        assert atomics and all(".relaxed." in a for a in atomics), atomics
+        assert not re.search(r"\bfence\.(?:sc|acq_rel)|\bmembar\.", ptx)
+
+
 @pytest.mark.parametrize("rotate", [False, True])
 def test_nvidia_kernel_ptx_rounds_exactly(rotate):
     # MS-EDEN's arguments without the saved-FP4 source's scales.

@@ -31,14 +31,15 @@ from ..nvfp4.numerics import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRI
 from .configs import config, multiprocessors
 from .launch import cdiv
 from .nvfp4_math import (
-    accumulate_stats,
     block_scale,
     block_target,
     e2m1_value,
     e4m3_sr,
     e4m3_value,
     fast_division_ok,
+    magnitude_bits,
     mul_rn,
+    publish_stats,
     published_tensor_scale,
     round_half_block,
     store_half_blocks,
@@ -170,10 +171,14 @@ def _ms_eden_program(
 ):
     """Program ``p`` of one operand's pass: ``TILES`` consecutive row tiles of ``BLOCK_R`` rows
     of its 128-column group ``group`` (consecutive programs take consecutive tiles of one
-    group), so that the rotation it loaded serves several tiles."""
+    group), so that the rotation it loaded serves several tiles. The amax pass folds its tiles'
+    statistics into per-row extremes and publishes them once, after the last tile."""
     chunks = tl.cdiv(tl.cdiv(rows, BLOCK_R), TILES)
     group = p // chunks
     stats_ptr += 2 * stats_row
+    if AMAX_PASS:
+        top = tl.zeros([BLOCK_R], dtype=tl.int32)
+        below = tl.full([BLOCK_R], 0xFFFFFFFF, dtype=tl.uint32)
     for t in tl.range(0, TILES):
         r0 = (p % chunks * TILES + t) * BLOCK_R
         r = r0 + tl.arange(0, BLOCK_R)
@@ -197,7 +202,9 @@ def _ms_eden_program(
             BLOCK_R,
         )
         if AMAX_PASS:
-            accumulate_stats(rot, stats_ptr)
+            tile_bits, tile_below = magnitude_bits(rot)
+            top = tl.maximum(top, tl.max(tile_bits, axis=1))
+            below = tl.minimum(below, tl.min(tile_below, axis=1))
         else:
             s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, p == 0)
             lo, hi = _halves(rot)
@@ -231,6 +238,8 @@ def _ms_eden_program(
                 STORE_CODES,
                 STORE_DEQ,
             )
+    if AMAX_PASS:
+        publish_stats(top, below, stats_ptr)
 
 
 @triton.jit

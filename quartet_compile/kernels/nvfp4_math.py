@@ -53,19 +53,32 @@ def mul_rn(a, b):
 
 
 @triton.jit
-def accumulate_stats(a, stats_ptr):
-    """Fold float32 magnitudes ``a`` (any shape) into ``stats_ptr`` (pre-zeroed float32[2]):
-    ``[max a, 1 if some 0 < a < FAST_DIVISION_MIN]``, NaN counting as +inf. On the bit
-    patterns, where integer order is float order and NaN sorts above +inf: two integer
-    min/max per element."""
+def magnitude_bits(a):
+    """Per element of float32 magnitudes ``a``, what :func:`publish_stats` reduces: the bits
+    (integer order is float order on them, and NaN sorts above +inf) and the bits minus one as
+    unsigned (zeros wrap to the largest value, so the minimum is the smallest nonzero's)."""
     bits = a.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    return bits, (bits - 1).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def publish_stats(bits, below, stats_ptr):
+    """Fold :func:`magnitude_bits` (any shape, or running extremes of several of them) into
+    ``stats_ptr`` (pre-zeroed float32[2]): ``[max a, 1 if some 0 < a < FAST_DIVISION_MIN]``, NaN
+    counting as +inf. The atomics are relaxed: only a later launch reads the result, and the
+    default acquire-release order fences the program's in-flight loads at every call."""
     top = tl.max(bits, axis=None)
     amax = tl.where(top > 0x7F800000, 0x7F800000, top).to(tl.float32, bitcast=True)
-    # Zeros wrap to the largest unsigned value, so the minimum is that of the nonzero elements.
-    below_smallest_nonzero = tl.min((bits - 1).to(tl.uint32, bitcast=True), axis=None)
-    tiny = below_smallest_nonzero < (FAST_DIVISION_MIN_BITS - 1)
-    tl.atomic_max(stats_ptr, amax)
-    tl.atomic_max(stats_ptr + 1, tl.where(tiny, 1.0, 0.0))
+    tiny = tl.min(below, axis=None) < (FAST_DIVISION_MIN_BITS - 1)
+    tl.atomic_max(stats_ptr, amax, sem="relaxed")
+    tl.atomic_max(stats_ptr + 1, tl.where(tiny, 1.0, 0.0), sem="relaxed")
+
+
+@triton.jit
+def accumulate_stats(a, stats_ptr):
+    """Fold float32 magnitudes ``a`` (any shape) into ``stats_ptr``: :func:`publish_stats`."""
+    bits, below = magnitude_bits(a)
+    publish_stats(bits, below, stats_ptr)
 
 
 @triton.jit
