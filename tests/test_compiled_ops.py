@@ -207,6 +207,30 @@ def test_the_tma_gemm_output_is_written_by_its_launch(out_dtype, a_hopper_target
     assert not _unwritten_buffers(graph)
 
 
+def test_the_tma_gemm_stays_out_of_cpp_wrapper_graphs_that_would_overrun_its_scratch(monkeypatch):
+    """The TMA GEMM builds its descriptors in Triton's global scratch, one slot per program. A
+    C++ wrapper that allocates one slot for the whole grid (torch 2.11's) sends the GEMMs of the
+    graphs it compiles to cuBLAS; the Python wrapper, and a C++ wrapper that sizes the scratch by
+    the grid, keep the TMA GEMM. What Inductor generates is read from its code for one scratch."""
+    from torch._inductor.codegen.cuda.device_op_overrides import CUDADeviceOpOverrides
+
+    from quartet_compile.kernels import gemm
+
+    def generates(size: str):
+        return lambda self, idx, workspace, prefix=None: ([f"int64_t scratch_size[] = {{{size}}};"], "scratch")
+
+    verdicts = {}
+    for size in ("static_cast<int64_t>(256) * grid_0 * grid_1 * grid_2", "256"):
+        monkeypatch.setattr(CUDADeviceOpOverrides, "cpp_scratch", generates(size))
+        gemm._cpp_wrapper_scales_scratch.cache_clear()
+        for cpp_wrapper in (False, True):
+            with torch._inductor.config.patch(cpp_wrapper=cpp_wrapper):
+                verdicts[size != "256", cpp_wrapper] = gemm.scratch_safe_in_compiled_graphs()
+    monkeypatch.undo()
+    gemm._cpp_wrapper_scales_scratch.cache_clear()
+    assert verdicts == {(True, False): True, (True, True): True, (False, False): True, (False, True): False}
+
+
 @pytest.mark.parametrize("fallback_random", [False, True])
 def test_a_compiled_model_runs_no_quartet_op_where_the_kernels_run(fallback_random, a_hopper_target, monkeypatch):
     """The pass puts the Triton ops in the graph wherever ``route`` sends a matmul to the
@@ -289,19 +313,20 @@ def _cuda_step(fn, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> list[to
     return [y.detach().clone(), x.grad.clone(), w.grad.clone()]
 
 
-def _cuda_layer(recipe: str):
-    """A quantized linear as the pass emits it on this GPU, its inputs and an output gradient
-    (Dynamo reset, so that earlier tests' shapes do not make these symbolic)."""
+def _cuda_layer(recipe: str, tokens: int = 512, n: int = 384, k: int = 256):
+    """A quantized linear as the pass emits it on this GPU, its inputs ``x [tokens, k]``,
+    ``w [n, k]`` and an output gradient (Dynamo reset, so that earlier tests' shapes do not make
+    these symbolic)."""
     numerics = QuartetConfig(recipe=recipe).numerics
     implementation = routing.route(numerics, torch.device("cuda")).implementation.value
 
     def layer(x, w):
         return quantized_linear(x, w, numerics=numerics.encode(), implementation=implementation)
 
-    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = torch.randn(384, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     torch._dynamo.reset()
-    return layer, x, w, torch.randn(512, 384, device="cuda", dtype=torch.bfloat16)
+    return layer, x, w, torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
 
 
 @pytest.mark.gpu
@@ -319,6 +344,34 @@ def test_inductor_launches_compute_what_the_ops_compute(recipe):
         results.append(_cuda_step(fn, x, w, g))
     for eager, inductor in zip(*results, strict=True):
         assert torch.isfinite(eager).all() and torch.equal(eager, inductor)
+
+
+@pytest.mark.gpu
+@torch._inductor.config.patch(fallback_random=True)
+def test_the_cpp_wrapper_launches_compute_what_the_python_wrapper_launches():
+    """Inductor's C++ wrapper (``cpp_wrapper``) on a layer whose forward and input-gradient GEMMs
+    fill the GPU (the TMA GEMM's route in the Python wrapper's graph): bit for bit the Python
+    wrapper's results where both take that route. Where the C++ wrapper would give the TMA
+    GEMM too little scratch (torch 2.11, where it was an illegal memory access), its GEMMs take
+    cuBLAS, and agree to float32 accumulation order."""
+    from quartet_compile.kernels import gemm
+
+    layer, x, w, g = _cuda_layer("quartet2", tokens=4096, n=2048, k=1024)
+    results = []
+    for cpp_wrapper in (False, True):
+        torch._dynamo.reset()
+        with torch._inductor.config.patch(cpp_wrapper=cpp_wrapper):
+            compiled = torch.compile(layer, fullgraph=True)
+            _cuda_step(compiled, x, w, g)  # compiles
+            torch.manual_seed(3)
+            results.append(_cuda_step(compiled, x, w, g))
+            same_route = gemm.scratch_safe_in_compiled_graphs()
+    for python, cpp in zip(*results, strict=True):
+        assert torch.isfinite(cpp).all()
+        if same_route:
+            assert torch.equal(python, cpp)
+        else:
+            torch.testing.assert_close(cpp, python, rtol=2**-7, atol=1e-3 * python.abs().max().item())
 
 
 @pytest.mark.gpu

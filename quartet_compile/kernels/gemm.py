@@ -232,6 +232,30 @@ def fills_device(m: int, n: int, device: torch.device) -> bool:
     return tiles >= TMA_MIN_WAVE * multiprocessors(device)
 
 
+def scratch_safe_in_compiled_graphs() -> bool:
+    """Whether the graph being compiled may launch :func:`tma_gemm`, which builds its TMA
+    descriptors in Triton's global scratch, one slot per program. Inductor's Python wrapper
+    allocates it as Triton's launcher does; its C++ wrapper (``torch._inductor.config.cpp_wrapper``,
+    and AOTInductor) allocated a single slot before pytorch/pytorch#175385, so every program but
+    the first wrote past it: an illegal memory access on torch 2.11. There the GEMM takes
+    :func:`cublas_gemm` instead."""
+    return not torch._inductor.config.cpp_wrapper or _cpp_wrapper_scales_scratch()
+
+
+@functools.cache
+def _cpp_wrapper_scales_scratch() -> bool:
+    """Whether Inductor's C++ wrapper sizes a kernel's global scratch by its grid, read from the
+    code it generates for one (any failure to generate it counts as no)."""
+    try:
+        from torch._inductor.codegen.common import TritonScratchWorkspace
+        from torch._inductor.codegen.cuda.device_op_overrides import CUDADeviceOpOverrides
+
+        generated = CUDADeviceOpOverrides().cpp_scratch(0, TritonScratchWorkspace(1, lambda: "uint8"))
+    except Exception:  # an internal API that may change: a failure keeps cuBLAS
+        return False
+    return generated is not None and "grid_0" in "\n".join(generated[0])
+
+
 def unscaled_gemm(
     a_unscaled: Tensor,
     b_unscaled: Tensor,
@@ -243,8 +267,10 @@ def unscaled_gemm(
     """``(A_u B_u^T) s_A s_B [+ bias]``: :func:`tma_gemm` where TMA can run and the output
     fills the device, else :func:`cublas_gemm` (whose float32 output and second pass cost most
     at small K, and which is faster on few output tiles)."""
-    tma = tma_compatible(a_unscaled, b_unscaled, out_dtype) and fills_device(
-        a_unscaled.shape[0], b_unscaled.shape[0], a_unscaled.device
+    tma = (
+        tma_compatible(a_unscaled, b_unscaled, out_dtype)
+        and fills_device(a_unscaled.shape[0], b_unscaled.shape[0], a_unscaled.device)
+        and (not traced((a_unscaled,)) or scratch_safe_in_compiled_graphs())
     )
     gemm = tma_gemm if tma else cublas_gemm
     return gemm(a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
