@@ -236,9 +236,9 @@ def scratch_safe_in_compiled_graphs() -> bool:
     """Whether the graph being compiled may launch :func:`tma_gemm`, which builds its TMA
     descriptors in Triton's global scratch, one slot per program. Inductor's Python wrapper
     allocates it as Triton's launcher does; its C++ wrapper (``torch._inductor.config.cpp_wrapper``,
-    and AOTInductor) allocated a single slot before pytorch/pytorch#175385, so every program but
-    the first wrote past it: an illegal memory access on torch 2.11. There the GEMM takes
-    :func:`cublas_gemm` instead."""
+    read when the graph is traced) allocated a single slot before pytorch/pytorch#175385, so every
+    program but the first wrote past it: an illegal memory access on torch 2.11. There the GEMM
+    takes :func:`cublas_gemm` instead."""
     return not torch._inductor.config.cpp_wrapper or _cpp_wrapper_scales_scratch()
 
 
