@@ -270,7 +270,7 @@ def unscaled_gemm(
     tma = (
         tma_compatible(a_unscaled, b_unscaled, out_dtype)
         and fills_device(a_unscaled.shape[0], b_unscaled.shape[0], a_unscaled.device)
-        and (not traced((a_unscaled,)) or scratch_safe_in_compiled_graphs())
+        and (scratch_safe_in_compiled_graphs() or not traced((a_unscaled,)))
     )
     gemm = tma_gemm if tma else cublas_gemm
     return gemm(a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
