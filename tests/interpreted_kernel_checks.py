@@ -273,22 +273,30 @@ def ms_eden_row_tiles(rotation: torch.Tensor, seed: torch.Tensor, generator: tor
     one tile per program computes, bit for bit, amax and the tiny-value flag included (the
     amax pass publishes a program's statistics once, after its last tile: here rows 32-47, the
     first of the second program's two tiles, are the only ones whose rotated values are that
-    small)."""
+    small); also where the two passes split the rows differently (tiles per program or tile
+    heights that differ between the passes)."""
     g = _inputs(80, 256, torch.float32, generator)
     g[32:48] *= 1e-31
     g = g.bfloat16()
-    results = []
-    for block_r in (128, 16):
-        with configs.override("ms_eden", {"BLOCK_R": block_r}):
-            for transpose in (False, True):
+    launches = [(128, 1, 128, 1), (16, 4, 16, 4), (16, 4, 16, 1), (16, 1, 16, 4), (16, 4, 128, 1)]
+    for transpose in (False, True):
+        results = []
+        for amax_rows, amax_tiles, quantize_rows, quantize_tiles in launches:
+            with (
+                configs.override("ms_eden_amax", {"BLOCK_R": amax_rows, "MAX_TILES": amax_tiles}),
+                configs.override("ms_eden_quantize", {"BLOCK_R": quantize_rows, "MAX_TILES": quantize_tiles}),
+            ):
                 stats = torch.zeros(1, 2)
                 q = ms_eden(g if not transpose else g.T.contiguous(), rotation, seed, transpose=transpose,
                             unscaled_bf16=True, stats=stats)  # fmt: skip
                 results.append((q, stats))
-    for (one, one_stats), (tiled, tiled_stats) in zip(results[:2], results[2:], strict=True):
-        assert torch.equal(tiled_stats, one_stats) and one_stats[0, 1] == 1.0, (one_stats, tiled_stats)
-        assert_same_fp4(tiled.fp4, one.fp4)
-        assert torch.equal(tiled.unscaled_bf16, one.unscaled_bf16) and torch.equal(tiled.tensor_scale, one.tensor_scale)
+        (one, one_stats), tiled_results = results[0], results[1:]
+        assert one_stats[0, 1] == 1.0, one_stats
+        for tiled, tiled_stats in tiled_results:
+            assert torch.equal(tiled_stats, one_stats), (one_stats, tiled_stats)
+            assert_same_fp4(tiled.fp4, one.fp4)
+            assert torch.equal(tiled.unscaled_bf16, one.unscaled_bf16)
+            assert torch.equal(tiled.tensor_scale, one.tensor_scale)
 
 
 def ms_eden_pairs(rotation: torch.Tensor, generator: torch.Generator) -> None:

@@ -494,3 +494,19 @@ def test_launch_queue_times_issue_and_completion(tmp_path):
     assert [r["launches"] for r in rows] == [8, 64]
     assert all(0 < r["host_ms"] <= r["device_ms"] for r in rows)
     assert rows[1]["device_ms"] >= 64 * 0.02 * 0.5  # the sleeps ran for about their calibrated time
+
+
+def test_ms_eden_tiles_counts_programs_per_sm_and_sums_the_model():
+    """Registers are allocated per warp in units of 256: 128 registers leave two programs of 8
+    warps per H100 SM, 129 one; shared memory and threads bound the rest. Model totals weight
+    every pair launch by how many such linears a layer has."""
+    study = _bench_script("ms_eden_tiles")
+    assert [study.programs_per_sm(r, 49152, 8) for r in (64, 100, 128, 129, 168)] == [4, 2, 2, 1, 1]
+    assert study.programs_per_sm(32, 100_000, 4) == 2 and study.programs_per_sm(16, 0, 8) == 8
+    assert study._linears("1024x256:2,2816x1024:1") == {(1024, 256): 2, (2816, 1024): 1}
+    candidate = study.CANDIDATES[0]
+    rows = [{**candidate, "per_layer": n, "amax_us": 10.0 * n, "quantize_us": 30.0} for n in (1, 2)]
+    totals = study._totals(rows, layers=8)
+    assert totals[0]["amax_ms"] == pytest.approx(8 * (10 + 2 * 20) / 1e3)
+    assert totals[0]["quantize_ms"] == pytest.approx(8 * 3 * 30 / 1e3)
+    assert all(t["amax_ms"] == 0 for t in totals[1:])

@@ -245,7 +245,7 @@ _MS_EDEN_SHARED = (
 def _ms_eden_launch(a: dict, b: dict | None) -> tuple:
     """``_ms_eden_kernel``'s quantize pass over operand ``a`` and optionally ``b`` in the same
     launch, each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``."""
-    shipped = config("ms_eden")
+    shipped = config("ms_eden_quantize")
     constexprs = {"AMAX_PASS": False, "EMULATED": False, "DEBUG": False, "BLOCK_R": shipped["BLOCK_R"],
                   "TILES": shipped["MAX_TILES"]}  # fmt: skip
     slots = [None if slot is None else {**slot, "SPLITS": 1} for slot in (a, b)]

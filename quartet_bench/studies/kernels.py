@@ -129,36 +129,18 @@ def tune_gemms(m: int = 8192, n: int = 8192, k: int = 8192) -> list[dict]:
 
 
 def tune_quantizers(tokens: int = 16384, features: int = 4096) -> list[dict]:
-    """Time the statistics (amax) pass alone, then each quantizer, under a few tile configs."""
+    """Time the statistics (amax) pass alone, then each forward quantizer, under a few tile
+    configs (MS-EDEN's passes: :mod:`.ms_eden_tiles`, at a model's shapes)."""
     x = torch.randn(tokens, features, device="cuda", dtype=torch.bfloat16)
     rows = []
-    rotation = rotation_matrix(random_signs(128, None, torch.device("cuda")))
-    seed = torch.randint(0, 2**62, (), device="cuda")
-    candidates = (
-        [
-            ("stats", {"BLOCK_SIZE": b, "num_warps": w}, "amax", lambda: tensor_amax(x))
-            for b, w in [(16384, 8), (8192, 8), (4096, 8)]
-        ]
-        + [
-            ("quantize", {"BLOCK_R": r, "BLOCK_C": c, "num_warps": w}, name, fn)
-            for r, c, w in [(8, 256, 4), (16, 128, 4), (16, 128, 2), (32, 128, 4)]
-            for name, fn in [("rtn", lambda: quantize(x)), ("4/6", lambda: quantize(x, four_over_six=True))]
-        ]
-        + [
-            ("ms_eden", {"BLOCK_R": r, "MAX_TILES": t, "num_warps": w, "maxnreg": regs}, name, fn)
-            for r, t, w, regs in [
-                (64, 1, 4, 168),
-                (64, 1, 8, None),
-                (64, 2, 8, None),
-                (64, 4, 8, None),
-                (128, 1, 8, None),
-            ]  # fmt: skip
-            for name, fn in [
-                ("ms-eden: codes", lambda: ms_eden(x, rotation, seed)),
-                ("ms-eden: bf16 operand", lambda: ms_eden(x, rotation, seed, codes=False, unscaled_bf16=True)),
-            ]
-        ]
-    )
+    candidates = [
+        ("stats", {"BLOCK_SIZE": b, "num_warps": w}, "amax", lambda: tensor_amax(x))
+        for b, w in [(16384, 8), (8192, 8), (4096, 8)]
+    ] + [
+        ("quantize", {"BLOCK_R": r, "BLOCK_C": c, "num_warps": w}, name, fn)
+        for r, c, w in [(8, 256, 4), (16, 128, 4), (16, 128, 2), (32, 128, 4)]
+        for name, fn in [("rtn", lambda: quantize(x)), ("4/6", lambda: quantize(x, four_over_six=True))]
+    ]
     for kernel, values, name, fn in candidates:
         with override(kernel, values):
             rows.append({"kernel": name, "config": values, "ms": median_ms(fn)})

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..nvfp4.format import BLOCK, E2M1_MAX, NVFP4Tensor
 from ..nvfp4.numerics import EDEN_GROUP, MS_EDEN_SCALE_MAX, MS_EDEN_SCALE_OVERRIDE, misaligned
 from .configs import config, multiprocessors
-from .launch import cdiv
+from .launch import cdiv, run
 from .nvfp4_math import (
     block_scale,
     block_target,
@@ -45,7 +45,7 @@ from .nvfp4_math import (
     store_half_blocks,
     tree_sum8,
 )
-from .quantize import Outputs, Quantized, stats_scratch, two_passes
+from .quantize import EXACT, Outputs, Quantized, stats_scratch
 from .rotation import SPLITS, dot_split
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
@@ -372,11 +372,11 @@ def _ms_eden_kernel(
 @dataclass(frozen=True)
 class _Slot:
     """One operand of a launch: its runtime arguments and constexprs in the kernel's slot order,
-    its row tiles and 128-column groups, and the buffers it writes."""
+    its rows and 128-column groups, and the buffers it writes."""
 
     args: tuple
     constexprs: dict[str, Any]
-    row_tiles: int
+    rows: int
     groups: int
     out: Outputs
 
@@ -391,7 +391,6 @@ class _Slot:
         unscaled_bf16: bool,
         stats_row: int,
         debug: dict[str, Tensor] | None,
-        block_r: int,
     ) -> _Slot:
         packed = isinstance(operand, NVFP4Tensor)
         if packed:
@@ -426,10 +425,11 @@ class _Slot:
             uniforms,
         )
         constexprs = {"PACKED": packed, "SPLITS": splits, "STORE_CODES": codes, "STORE_DEQ": unscaled_bf16}
-        return cls(args, constexprs, cdiv(rows, block_r), cols // EDEN_GROUP, out)
+        return cls(args, constexprs, rows, cols // EDEN_GROUP, out)
 
-    def programs(self, tiles: int) -> int:
-        return cdiv(self.row_tiles, tiles) * self.groups
+    def programs(self, block_r: int, tiles: int) -> int:
+        """Programs of a pass whose programs take ``tiles`` tiles of ``block_r`` rows."""
+        return cdiv(cdiv(self.rows, block_r), tiles) * self.groups
 
     def result(self) -> Quantized:
         return self.out.result(torch.Size(self.out.shape), torch.float32)
@@ -447,32 +447,38 @@ def tiles_per_program(tiles: int, max_tiles: int, sms: int, programs_per_sm: int
     return per_program
 
 
-def _launch(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, cfg: dict[str, Any], debug: bool) -> None:
-    """Both passes over one or two operands, one launch each."""
+def _launch(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, debug: bool) -> None:
+    """Both passes over one or two operands, one launch each. Each pass has its own launch
+    configuration (``ms_eden_amax``, ``ms_eden_quantize``): the amax pass holds few registers
+    whatever its row tiles per program, while the quantize pass's registers grow with them and
+    decide how many of its programs share an SM."""
     a, b = slots[0], slots[-1]
     sms = multiprocessors(rotation.device)
-    tiles = tiles_per_program(sum(s.programs(1) for s in slots), cfg.pop("MAX_TILES"), sms, cfg.pop("PROGRAMS_PER_SM"))
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
-    args = (
-        rotation,
-        *rotation.stride(),
-        stats,
-        value_max,
-        value_max * MS_EDEN_SCALE_MAX,
-        *a.args,
-        a.programs(tiles),
-        *(b.args if len(slots) == 2 else (None,) * len(a.args)),
-    )
     constexprs = {
         **{f"A_{k}": v for k, v in a.constexprs.items()},
         **{f"B_{k}": v for k, v in b.constexprs.items()},
         "TWO": len(slots) == 2,
         "EMULATED": rotation.device.type != "cuda",
         "DEBUG": debug,
-        "TILES": tiles,
-        **cfg,
     }
-    two_passes(_ms_eden_kernel, (sum(slot.programs(tiles) for slot in slots),), args, constexprs)
+    for amax_pass, kernel_config in ((True, "ms_eden_amax"), (False, "ms_eden_quantize")):
+        cfg = config(kernel_config, rotation.device)
+        block_r, max_tiles, programs_per_sm = cfg.pop("BLOCK_R"), cfg.pop("MAX_TILES"), cfg.pop("PROGRAMS_PER_SM")
+        tiles = tiles_per_program(sum(s.programs(block_r, 1) for s in slots), max_tiles, sms, programs_per_sm)
+        args = (
+            rotation,
+            *rotation.stride(),
+            stats,
+            value_max,
+            value_max * MS_EDEN_SCALE_MAX,
+            *a.args,
+            a.programs(block_r, tiles),
+            *(b.args if len(slots) == 2 else (None,) * len(a.args)),
+        )
+        grid = (sum(slot.programs(block_r, tiles) for slot in slots),)
+        run(_ms_eden_kernel, grid, *args, AMAX_PASS=amax_pass, BLOCK_R=block_r, TILES=tiles, **constexprs,
+            **cfg, **EXACT)  # fmt: skip
 
 
 def ms_eden(
@@ -498,12 +504,11 @@ def ms_eden(
     ``stats``, ``stats_row``: a row of a zeroed :func:`.quantize.stats_scratch` for the amax
     pass, so that a caller quantizing several operands zeroes one buffer for all of them.
     """
-    cfg = config("ms_eden", operand.codes.device if isinstance(operand, NVFP4Tensor) else operand.device)
     slot = _Slot.of(operand, seed, transpose=transpose, codes=codes, unscaled_bf16=unscaled_bf16,
-                    stats_row=stats_row, debug=debug, block_r=cfg["BLOCK_R"])  # fmt: skip
+                    stats_row=stats_row, debug=debug)  # fmt: skip
     if stats is None:
         stats = stats_scratch(1, rotation.device)
-    _launch([slot], rotation, stats, cfg, debug is not None)
+    _launch([slot], rotation, stats, debug is not None)
     return slot.result()
 
 
@@ -523,11 +528,10 @@ def ms_eden_pair(
     (``a.T`` with ``a_transpose``) with ``seeds[0]`` into amax row ``stats_row``, and of the
     saved ``b``'s dequantized transpose with ``seeds[1]`` into the next row. Bit for bit the
     two separate calls; half their launches."""
-    cfg = config("ms_eden", a.device)
-    options = {"codes": codes, "unscaled_bf16": unscaled_bf16, "debug": None, "block_r": cfg["BLOCK_R"]}
+    options = {"codes": codes, "unscaled_bf16": unscaled_bf16, "debug": None}
     slots = [
         _Slot.of(a, seeds[0], transpose=a_transpose, stats_row=stats_row, **options),
         _Slot.of(b, seeds[1], transpose=True, stats_row=stats_row + 1, **options),
     ]
-    _launch(slots, rotation, stats, cfg, False)
+    _launch(slots, rotation, stats, False)
     return slots[0].result(), slots[1].result()

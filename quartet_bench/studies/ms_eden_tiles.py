@@ -1,0 +1,335 @@
+"""Launch shapes of MS-EDEN's two passes (CUDA): the backward quantizer's amax and quantize
+passes timed on their own at the operand shapes of a model's linears, for several tile heights,
+warps and row tiles per program, with each compiled kernel's registers and shared memory and
+the programs of it that one SM holds. The ``ms_eden_amax`` and ``ms_eden_quantize`` entries of
+``kernels/configs.py`` are read off its model totals; its per-operand table shows what each
+operand of a backward GEMM costs alone.
+
+    python -m quartet_bench.studies.ms_eden_tiles --out bench/results
+    ncu -k regex:_ms_eden_kernel --launch-skip 4 --launch-count 4 \
+        python -m quartet_bench.studies.ms_eden_tiles --profile-case   # the passes under Nsight Compute
+
+Defaults: the 156M Llama of the step profile (hidden 1024, GQA with 4 of 16 heads, MLP 2816,
+8 layers, 8 x 1024 tokens). Every pass writes the bf16 operand of the Hopper GEMM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from quartet_compile.kernels import launch as launch_module
+from quartet_compile.kernels import ms_eden as ms_eden_module
+from quartet_compile.kernels.configs import config, multiprocessors, override
+from quartet_compile.kernels.ms_eden import ms_eden, ms_eden_pair, tiles_per_program
+from quartet_compile.kernels.quantize import quantize
+from quartet_compile.kernels.rotation import rotation_matrix
+from quartet_compile.nvfp4.randomness import random_signs
+
+from .. import report
+from ..arguments import HelpFormatter
+from .quantizer_breakdown import kernel_times_us
+
+LLAMA_150M_LINEARS = {(1024, 1024): 2, (1024, 256): 2, (1024, 2816): 2, (2816, 1024): 1}
+"""(in, out) features of the 156M Llama's linears and how many of each one layer has: q and o,
+k and v, gate and up, down."""
+
+CANDIDATES = [
+    {"BLOCK_R": rows, "num_warps": warps, "MAX_TILES": tiles}
+    for rows, warps, tiles in [
+        (64, 8, 1),
+        (64, 8, 2),
+        (64, 8, 4),
+        (64, 8, 8),
+        (128, 8, 1),
+        (128, 8, 2),
+        (32, 8, 2),
+        (32, 8, 4),
+    ]
+]
+"""Launch configurations tried for both passes; PROGRAMS_PER_SM stays as shipped."""
+
+PASSES = ("ms_eden_amax", "ms_eden_quantize")
+
+
+@contextlib.contextmanager
+def _both_passes(values: dict) -> Iterator[None]:
+    with override(PASSES[0], values), override(PASSES[1], values):
+        yield
+
+
+HOPPER_SM = {"registers": 65536, "shared": 233472, "threads": 2048}
+"""What one H100 or H200 SM holds: registers, bytes of shared memory, threads."""
+
+
+def sm_limits(device: torch.device) -> dict[str, int]:
+    """:data:`HOPPER_SM` for ``device``, from its properties where torch reports them."""
+    props = torch.cuda.get_device_properties(device)
+    return {
+        "registers": getattr(props, "regs_per_multiprocessor", HOPPER_SM["registers"]),
+        "shared": getattr(props, "shared_memory_per_multiprocessor", HOPPER_SM["shared"]),
+        "threads": getattr(props, "max_threads_per_multi_processor", HOPPER_SM["threads"]),
+    }
+
+
+def programs_per_sm(registers: int, shared: int, warps: int, sm: dict[str, int] = HOPPER_SM) -> int:
+    """Programs of a compiled kernel that fit one SM at once: registers are allocated per warp in
+    units of 256, and every program reserves 1 KB of shared memory beyond its own."""
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(sm["registers"] // (per_warp * warps), sm["shared"] // (shared + 1024), sm["threads"] // (32 * warps))
+
+
+def compiled_passes(fn: Callable[[], object], device: torch.device) -> list[dict]:
+    """Registers, shared memory and programs per SM of the MS-EDEN kernels that ``fn`` launches,
+    in launch order: both kernel caches are emptied first, so the variants found after ``fn`` are
+    its own (Triton's on-disk cache makes the recompilation a load)."""
+    kernel = ms_eden_module._ms_eden_kernel
+    kernel.device_caches.clear()
+    launch_module._compiled.clear()
+    fn()
+    torch.cuda.synchronize()
+    rows = []
+    for entry in kernel.device_caches.values():
+        for compiled in (entry[0] if isinstance(entry, tuple) else entry).values():
+            registers, shared, warps = compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps
+            rows.append(
+                {
+                    "registers": registers,
+                    "spills": compiled.n_spills,
+                    "shared": shared,
+                    "programs_per_sm": programs_per_sm(registers, shared, warps, sm_limits(device)),
+                }
+            )
+    return rows
+
+
+def pass_times_us(fn: Callable[[], object]) -> list[float]:
+    """Median device time of each MS-EDEN launch of ``fn``: the amax pass, then the quantize pass."""
+    return [us for name, us in kernel_times_us(fn) if "_ms_eden_kernel" in name]
+
+
+def _operands(tokens: int, features_in: int, features_out: int, device: torch.device) -> dict:
+    g = torch.randn(tokens, features_out, device=device, dtype=torch.bfloat16)
+    x = torch.randn(tokens, features_in, device=device, dtype=torch.bfloat16)
+    w = torch.randn(features_out, features_in, device=device, dtype=torch.bfloat16)
+    return {"g": g, "xq": quantize(x, four_over_six=True).fp4, "wq": quantize(w, four_over_six=True).fp4}
+
+
+def _pairs(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The two backward GEMMs' operand pairs, as the layer launches them."""
+    stats = torch.zeros(4, 2, device=rotation.device)
+    options = {"codes": False, "unscaled_bf16": True}
+    return {
+        "dgrad: g, W^T": lambda: ms_eden_pair(
+            ops["g"], ops["wq"], rotation, seeds, stats, 0, a_transpose=False, **options
+        ),
+        "wgrad: g^T, x^T": lambda: ms_eden_pair(
+            ops["g"], ops["xq"], rotation, seeds, stats, 2, a_transpose=True, **options
+        ),
+    }
+
+
+def _alone(ops: dict, rotation: torch.Tensor, seed: torch.Tensor) -> dict[str, tuple[Callable[[], object], int]]:
+    """Each operand of the pairs quantized on its own, and its element count."""
+    options = {"codes": False, "unscaled_bf16": True}
+    g, wq, xq = ops["g"], ops["wq"], ops["xq"]
+    saved = {"transpose": True, **options}
+    return {
+        "g along out": (lambda: ms_eden(g, rotation, seed, **options), g.numel()),
+        "saved W^T along out": (lambda: ms_eden(wq, rotation, seed, **saved), 2 * wq.codes.numel()),
+        "g^T along tokens (strided)": (lambda: ms_eden(g, rotation, seed, transpose=True, **options), g.numel()),
+        "saved x^T along tokens": (lambda: ms_eden(xq, rotation, seed, **saved), 2 * xq.codes.numel()),
+    }
+
+
+def _tiles(shape_rows: list[tuple[int, int]], cfg: dict, sms: int) -> int:
+    """Row tiles per program that a launch over operands of these (rows, 128-groups) takes."""
+    tiles = sum(-(-rows // cfg["BLOCK_R"]) * groups for rows, groups in shape_rows)
+    return tiles_per_program(tiles, cfg["MAX_TILES"], sms, cfg["PROGRAMS_PER_SM"])
+
+
+def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device: torch.device) -> dict:
+    rotation = rotation_matrix(random_signs(128, None, device))
+    seeds = list(torch.randint(0, 2**62, (2,), device=device).unbind())
+    sms = multiprocessors(device)
+    rows, alone = [], []
+    for (features_in, features_out), count in linears.items():
+        ops = _operands(tokens, features_in, features_out, device)
+        launches = {
+            "dgrad: g, W^T": [(tokens, features_out // 128), (features_in, features_out // 128)],
+            "wgrad: g^T, x^T": [(features_out, tokens // 128), (features_in, tokens // 128)],
+        }
+        for candidate in CANDIDATES:
+            with _both_passes(candidate):
+                cfg = config(PASSES[1], device)
+                for case, fn in _pairs(ops, rotation, seeds).items():
+                    compiled = compiled_passes(fn, device)
+                    amax_us, quantize_us = pass_times_us(fn)
+                    row = {
+                        "in": features_in,
+                        "out": features_out,
+                        "per_layer": count,
+                        "case": case,
+                        **candidate,
+                        "tiles": _tiles(launches[case], cfg, sms),
+                        "amax_us": amax_us,
+                        "quantize_us": quantize_us,
+                        "compiled": compiled,
+                    }
+                    rows.append(row)
+                    print({k: v for k, v in row.items() if k != "compiled"}, compiled, flush=True)
+        for case, (fn, elements) in _alone(ops, rotation, seeds[0]).items():
+            amax_us, quantize_us = pass_times_us(fn)
+            alone.append(
+                {
+                    "in": features_in,
+                    "out": features_out,
+                    "case": case,
+                    "amax_us": amax_us,
+                    "quantize_us": quantize_us,
+                    "elements": elements,
+                }
+            )
+            print(alone[-1], flush=True)
+        del ops
+    return {"pairs": rows, "alone": alone, "totals": _totals(rows, layers)}
+
+
+def _totals(rows: list[dict], layers: int) -> list[dict]:
+    """Per candidate, each pass's time over every backward pair of the model, in ms per step."""
+    totals = []
+    for candidate in CANDIDATES:
+        mine = [r for r in rows if all(r[k] == v for k, v in candidate.items())]
+        totals.append(
+            {
+                **candidate,
+                "amax_ms": layers * sum(r["per_layer"] * r["amax_us"] for r in mine) / 1e3,
+                "quantize_ms": layers * sum(r["per_layer"] * r["quantize_us"] for r in mine) / 1e3,
+            }
+        )
+    return totals
+
+
+def _config_cell(r: dict) -> str:
+    return f"{r['BLOCK_R']} rows, {r['num_warps']} warps, <= {r['MAX_TILES']} tiles"
+
+
+def _markdown(results: dict, meta: dict) -> str:
+    lines = [*report.markdown_header("MS-EDEN launch shapes", meta)]
+    lines += [
+        f"{meta['tokens']} tokens, {meta['layers']} layers; linears (in, out) x per layer: {meta['linears']}. "
+        "Model totals: each pass summed over both backward pairs of every linear, ms per step.",
+        "",
+        report.markdown_table(
+            ["config", "amax ms", "quantize ms", "both ms"],
+            [
+                [
+                    _config_cell(r),
+                    f"{r['amax_ms']:.2f}",
+                    f"{r['quantize_ms']:.2f}",
+                    f"{r['amax_ms'] + r['quantize_ms']:.2f}",
+                ]
+                for r in results["totals"]
+            ],
+        ),
+        "",
+        "Each pair launch (us); tiles: row tiles per program taken; registers and programs per SM of "
+        "the amax / quantize kernels.",
+        "",
+        report.markdown_table(
+            ["in, out", "pair", "config", "tiles", "amax us", "quantize us", "registers", "programs / SM"],
+            [
+                [
+                    f"{r['in']}, {r['out']}",
+                    r["case"],
+                    _config_cell(r),
+                    str(r["tiles"]),
+                    f"{r['amax_us']:.1f}",
+                    f"{r['quantize_us']:.1f}",
+                    " / ".join(str(c["registers"]) for c in r["compiled"]),
+                    " / ".join(str(c["programs_per_sm"]) for c in r["compiled"]),
+                ]
+                for r in results["pairs"]
+            ],
+        ),
+        "",
+        "Each operand alone, shipped configuration: us, and ns per million elements of the operand.",
+        "",
+        report.markdown_table(
+            ["in, out", "operand", "amax us", "quantize us", "quantize us / M elements"],
+            [
+                [
+                    f"{r['in']}, {r['out']}",
+                    r["case"],
+                    f"{r['amax_us']:.1f}",
+                    f"{r['quantize_us']:.1f}",
+                    f"{r['quantize_us'] / r['elements'] * 1e6:.1f}",
+                ]
+                for r in results["alone"]
+            ],
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def profile_case(tokens: int, linears: dict[tuple[int, int], int], device: torch.device) -> None:
+    """Both pairs of the largest linear, launched twice with the shipped configuration: a short
+    program for a profiler to attach to (the first round compiles)."""
+    features_in, features_out = max(linears, key=lambda shape: shape[0] * shape[1])
+    ops = _operands(tokens, features_in, features_out, device)
+    rotation = rotation_matrix(random_signs(128, None, device))
+    pairs = _pairs(ops, rotation, list(torch.randint(0, 2**62, (2,), device=device).unbind()))
+    for _ in range(2):
+        for fn in pairs.values():
+            fn()
+    torch.cuda.synchronize()
+
+
+def _linears(text: str) -> dict[tuple[int, int], int]:
+    """``1024x1024:2,2816x1024:1`` -> {(1024, 1024): 2, (2816, 1024): 1}."""
+    out = {}
+    for item in text.split(","):
+        shape, count = item.split(":")
+        features_in, features_out = shape.split("x")
+        out[(int(features_in), int(features_out))] = int(count)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument(
+        "--linears",
+        type=_linears,
+        default=LLAMA_150M_LINEARS,
+        help="in x out : count per layer, comma-separated (default: the 156M Llama)",
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--name", default="ms-eden-tiles")
+    parser.add_argument("--profile-case", action="store_true", help="only launch the largest linear's pairs twice")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    if args.profile_case:
+        profile_case(args.tokens, args.linears, device)
+        return
+    meta = {
+        **report.environment(device),
+        "tokens": args.tokens,
+        "layers": args.layers,
+        "linears": {f"{i}x{o}": n for (i, o), n in args.linears.items()},
+        "shipped": {name: config(name, device) for name in PASSES},
+    }
+    results = sweep(args.tokens, args.linears, args.layers, device)
+    print(_markdown(results, meta))
+    if args.out:
+        report.write_result(args.out, args.name, {**meta, **results}, _markdown(results, meta))
+
+
+if __name__ == "__main__":
+    main()
