@@ -232,47 +232,28 @@ _MS_EDEN_SIGNATURE = {
 }
 
 
-_MS_EDEN_SLOT_SIGNATURE = {
-    "src_ptr": "*bf16",
-    "src_scales_ptr": "*u8",
-    "src_tensor_scale_ptr": "*fp32",
-    "rows": "i32",
-    "cols": "i32",
-    "stride_r": "i32",
-    "stride_c": "i32",
-    "seed_ptr": "*i64",
-    "codes_ptr": "*u8",
-    "scales_ptr": "*u8",
-    "deq_ptr": "*bf16",
-    "tensor_scale_ptr": "*fp32",
-}
-assert len(_MS_EDEN_SLOT_SIGNATURE) == ms_eden.SLOT_ARGS
+_MS_EDEN_SHARED = (
+    "rotation_ptr",
+    "stride_rot_k",
+    "stride_rot_n",
+    "stats_ptr",
+    "value_max",
+    "value_max_times_scale_max",
+)
 
 
-def _ms_eden_launch(*slots: dict) -> tuple:
-    """``_ms_eden_kernel``'s quantize pass over one to four operands, each given as its slot's
-    ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ`` (a ``PACKED`` source is uint8)."""
+def _ms_eden_launch(a: dict, b: dict | None) -> tuple:
+    """``_ms_eden_kernel``'s quantize pass over operand ``a`` and optionally ``b`` in the same
+    launch, each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``."""
     shipped = config("ms_eden_quantize")
-    signature = {"rotation_ptr": "*bf16", "stride_rot_k": "i32", "stride_rot_n": "i32", "stats_ptr": "*fp32",
-                 "stats_row": "i32", "rotated_ptr": "*fp32", "uniforms_ptr": "*fp32", "value_max": "fp32",
-                 "value_max_times_scale_max": "fp32"}  # fmt: skip
     constexprs = {"AMAX_PASS": False, "EMULATED": False, "DEBUG": False, "BLOCK_R": shipped["BLOCK_R"],
-                  "TILES": shipped["MAX_TILES"], "SLOTS": len(slots)}  # fmt: skip
-    for i, name in enumerate("abcd"):
-        slot = slots[i] if i < len(slots) else None
-        for key, dtype in _MS_EDEN_SLOT_SIGNATURE.items():
-            if slot is None:
-                constexprs[f"{name}_{key}"] = None
-            else:
-                signature[f"{name}_{key}"] = "*u8" if key == "src_ptr" and slot["PACKED"] else dtype
-        if name != "d":
-            signature[f"{name}_end"] = "i32"
-        constexprs.update({f"{name.upper()}_{k}": v for k, v in {"SPLITS": 1, **(slot or slots[0])}.items()})
-    return ms_eden._ms_eden_kernel, signature, constexprs
+                  "TILES": shipped["MAX_TILES"]}  # fmt: skip
+    slots = [None if slot is None else {**slot, "SPLITS": 1} for slot in (a, b)]
+    return _two_slot_launch(ms_eden._ms_eden_kernel, _MS_EDEN_SIGNATURE, _MS_EDEN_SHARED, *slots, constexprs)
 
 
 def test_ms_eden_kernel_ptx_rounds_exactly():
-    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": True, "STORE_DEQ": True})
+    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": True, "STORE_DEQ": True}, None)
     ptx = _assert_exact_rounding(kernel, signature, constexprs)
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
     # The rotation's columns are loaded in accumulator order, so every 16-block lies in one
@@ -285,7 +266,7 @@ def test_statistics_are_published_with_relaxed_atomics():
     """The amax passes' atomics are relaxed, with no GPU-scope fence before them: only a later
     launch reads the statistics, and Triton's default acquire-release atomic fences the loads of
     the tiles still in flight (the MS-EDEN amax pass and the forward's statistics kernel)."""
-    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True})
+    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True}, None)
     ms_eden_amax = _compile(kernel, signature, {**constexprs, "AMAX_PASS": True}, 90, num_warps=8, **quantize.EXACT)
     stats_signature = {"stats_ptr": "*fp32", "a_ptr": "*bf16", "a_n": "i32", "a_stats_row": "i32", "a_programs": "i32",
                        "b_ptr": "*bf16", "b_n": "i32", "b_stats_row": "i32"}  # fmt: skip
@@ -414,21 +395,14 @@ EXACT_KERNELS = {
     "quantize rtn": _quantize_launch(True, FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
     "quantize 4/6": _quantize_launch(True, FOUR_OVER_SIX=True, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
     "quantize 16x16 tiles": _quantize_launch(False, FOUR_OVER_SIX=False, TILE_2D=True, BLOCK_R=16, BLOCK_C=128),
-    # Both backward GEMMs' operands in one launch: g (codes for a native GEMM) and a saved operand,
-    # twice.
-    "ms-eden four operands, codes": _ms_eden_launch(
-        *[
-            {"PACKED": False, "STORE_CODES": True, "STORE_DEQ": False},
-            {"PACKED": True, "STORE_CODES": True, "STORE_DEQ": False},
-        ]
-        * 2
+    # A backward GEMM's two operands in one launch: g (codes for a native GEMM) and a saved operand.
+    "ms-eden pair, codes": _ms_eden_launch(
+        {"PACKED": False, "STORE_CODES": True, "STORE_DEQ": False},
+        {"PACKED": True, "STORE_CODES": True, "STORE_DEQ": False},
     ),
-    "ms-eden four operands, bf16 operands": _ms_eden_launch(
-        *[
-            {"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True},
-            {"PACKED": True, "STORE_CODES": False, "STORE_DEQ": True},
-        ]
-        * 2
+    "ms-eden pair, bf16 operands": _ms_eden_launch(
+        {"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True},
+        {"PACKED": True, "STORE_CODES": False, "STORE_DEQ": True},
     ),
     "nvidia sr": _nvidia_case(rotate=False),
     "nvidia rht-16 + sr": _nvidia_case(rotate=True),

@@ -1,13 +1,12 @@
 """Launch shapes of MS-EDEN's two passes (CUDA): the backward quantizer's amax and quantize
-passes timed on their own at the operand shapes of a model's linears (one launch per pass over
-the four operands of both backward GEMMs, as the layer launches them), for several tile heights
-and row tiles per program, with each compiled kernel's registers and shared memory and the
-programs of it that one SM holds. The ``ms_eden_amax`` and ``ms_eden_quantize`` entries of
+passes timed on their own at the operand shapes of a model's linears, for several tile heights,
+warps and row tiles per program, with each compiled kernel's registers and shared memory and
+the programs of it that one SM holds. The ``ms_eden_amax`` and ``ms_eden_quantize`` entries of
 ``kernels/configs.py`` are read off its model totals; its per-operand table shows what each
-operand costs alone.
+operand of a backward GEMM costs alone.
 
     python -m quartet_bench.studies.ms_eden_tiles --out bench/results
-    ncu -k regex:_ms_eden_kernel --launch-skip 2 --launch-count 2 \
+    ncu -k regex:_ms_eden_kernel --launch-skip 4 --launch-count 4 \
         python -m quartet_bench.studies.ms_eden_tiles --profile-case   # the passes under Nsight Compute
 
 Defaults: the 156M Llama of the step profile (hidden 1024, GQA with 4 of 16 heads, MLP 2816,
@@ -26,7 +25,7 @@ import torch
 from quartet_compile.kernels import launch as launch_module
 from quartet_compile.kernels import ms_eden as ms_eden_module
 from quartet_compile.kernels.configs import config, multiprocessors, override
-from quartet_compile.kernels.ms_eden import Operand, ms_eden, ms_eden_operands, tiles_per_program
+from quartet_compile.kernels.ms_eden import ms_eden, ms_eden_pair, tiles_per_program
 from quartet_compile.kernels.quantize import quantize
 from quartet_compile.kernels.rotation import rotation_matrix
 from quartet_compile.nvfp4.randomness import random_signs
@@ -41,7 +40,16 @@ k and v, gate and up, down."""
 
 CANDIDATES = [
     {"BLOCK_R": rows, "num_warps": warps, "MAX_TILES": tiles}
-    for rows, warps, tiles in [(64, 8, 1), (64, 8, 2), (64, 8, 4), (64, 8, 8), (128, 8, 1)]
+    for rows, warps, tiles in [
+        (64, 8, 1),
+        (64, 8, 2),
+        (64, 8, 4),
+        (64, 8, 8),
+        (128, 8, 1),
+        (128, 8, 2),
+        (32, 8, 2),
+        (32, 8, 4),
+    ]
 ]
 """Launch configurations tried for both passes; PROGRAMS_PER_SM stays as shipped."""
 
@@ -111,13 +119,18 @@ def _operands(tokens: int, features_in: int, features_out: int, device: torch.de
     return {"g": g, "xq": quantize(x, four_over_six=True).fp4, "wq": quantize(w, four_over_six=True).fp4}
 
 
-def _launch(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> Callable[[], object]:
-    """The four operands of both backward GEMMs in one launch per pass, as the layer launches them."""
+def _pairs(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The two backward GEMMs' operand pairs, as the layer launches them."""
     stats = torch.zeros(4, 2, device=rotation.device)
-    route = {"codes": False, "unscaled_bf16": True}
-    operands = [Operand(ops["g"], seeds[0], False, **route), Operand(ops["wq"], seeds[1], True, **route),
-                Operand(ops["g"], seeds[2], True, **route), Operand(ops["xq"], seeds[3], True, **route)]  # fmt: skip
-    return lambda: ms_eden_operands(operands, rotation, stats)
+    options = {"codes": False, "unscaled_bf16": True}
+    return {
+        "dgrad: g, W^T": lambda: ms_eden_pair(
+            ops["g"], ops["wq"], rotation, seeds, stats, 0, a_transpose=False, **options
+        ),
+        "wgrad: g^T, x^T": lambda: ms_eden_pair(
+            ops["g"], ops["xq"], rotation, seeds, stats, 2, a_transpose=True, **options
+        ),
+    }
 
 
 def _alone(ops: dict, rotation: torch.Tensor, seed: torch.Tensor) -> dict[str, tuple[Callable[[], object], int]]:
@@ -141,24 +154,34 @@ def _tiles(shape_rows: list[tuple[int, int]], cfg: dict, sms: int) -> int:
 
 def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device: torch.device) -> dict:
     rotation = rotation_matrix(random_signs(128, None, device))
-    seeds = list(torch.randint(0, 2**62, (4,), device=device).unbind())
+    seeds = list(torch.randint(0, 2**62, (2,), device=device).unbind())
     sms = multiprocessors(device)
     rows, alone = [], []
     for (features_in, features_out), count in linears.items():
         ops = _operands(tokens, features_in, features_out, device)
-        fn = _launch(ops, rotation, seeds)
-        # (rows, 128-column groups) of g, W^T (along out), g^T and x^T (along the tokens)
-        shapes = [(tokens, features_out // 128), (features_in, features_out // 128),
-                  (features_out, tokens // 128), (features_in, tokens // 128)]  # fmt: skip
+        launches = {
+            "dgrad: g, W^T": [(tokens, features_out // 128), (features_in, features_out // 128)],
+            "wgrad: g^T, x^T": [(features_out, tokens // 128), (features_in, tokens // 128)],
+        }
         for candidate in CANDIDATES:
             with _both_passes(candidate):
-                compiled = compiled_passes(fn, device)
-                amax_us, quantize_us = pass_times_us(fn)
-                row = {"in": features_in, "out": features_out, "per_layer": count, **candidate,
-                       "tiles": _tiles(shapes, config(PASSES[1], device), sms), "amax_us": amax_us,
-                       "quantize_us": quantize_us, "compiled": compiled}  # fmt: skip
-                rows.append(row)
-                print({k: v for k, v in row.items() if k != "compiled"}, compiled, flush=True)
+                cfg = config(PASSES[1], device)
+                for case, fn in _pairs(ops, rotation, seeds).items():
+                    compiled = compiled_passes(fn, device)
+                    amax_us, quantize_us = pass_times_us(fn)
+                    row = {
+                        "in": features_in,
+                        "out": features_out,
+                        "per_layer": count,
+                        "case": case,
+                        **candidate,
+                        "tiles": _tiles(launches[case], cfg, sms),
+                        "amax_us": amax_us,
+                        "quantize_us": quantize_us,
+                        "compiled": compiled,
+                    }
+                    rows.append(row)
+                    print({k: v for k, v in row.items() if k != "compiled"}, compiled, flush=True)
         for case, (fn, elements) in _alone(ops, rotation, seeds[0]).items():
             amax_us, quantize_us = pass_times_us(fn)
             alone.append(
@@ -173,7 +196,7 @@ def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device:
             )
             print(alone[-1], flush=True)
         del ops
-    return {"launches": rows, "alone": alone, "totals": _totals(rows, layers)}
+    return {"pairs": rows, "alone": alone, "totals": _totals(rows, layers)}
 
 
 def _totals(rows: list[dict], layers: int) -> list[dict]:
@@ -199,7 +222,7 @@ def _markdown(results: dict, meta: dict) -> str:
     lines = [*report.markdown_header("MS-EDEN launch shapes", meta)]
     lines += [
         f"{meta['tokens']} tokens, {meta['layers']} layers; linears (in, out) x per layer: {meta['linears']}. "
-        "Model totals: each pass summed over the backward launches of every linear, ms per step.",
+        "Model totals: each pass summed over both backward pairs of every linear, ms per step.",
         "",
         report.markdown_table(
             ["config", "amax ms", "quantize ms", "both ms"],
@@ -214,14 +237,15 @@ def _markdown(results: dict, meta: dict) -> str:
             ],
         ),
         "",
-        "Each launch (us) over a linear's four backward operands; tiles: row tiles per program taken; "
-        "registers and programs per SM of the amax / quantize kernels.",
+        "Each pair launch (us); tiles: row tiles per program taken; registers and programs per SM of "
+        "the amax / quantize kernels.",
         "",
         report.markdown_table(
-            ["in, out", "config", "tiles", "amax us", "quantize us", "registers", "programs / SM"],
+            ["in, out", "pair", "config", "tiles", "amax us", "quantize us", "registers", "programs / SM"],
             [
                 [
                     f"{r['in']}, {r['out']}",
+                    r["case"],
                     _config_cell(r),
                     str(r["tiles"]),
                     f"{r['amax_us']:.1f}",
@@ -229,11 +253,11 @@ def _markdown(results: dict, meta: dict) -> str:
                     " / ".join(str(c["registers"]) for c in r["compiled"]),
                     " / ".join(str(c["programs_per_sm"]) for c in r["compiled"]),
                 ]
-                for r in results["launches"]
+                for r in results["pairs"]
             ],
         ),
         "",
-        "Each operand alone, shipped configuration: us, and us per million elements of the operand.",
+        "Each operand alone, shipped configuration: us, and ns per million elements of the operand.",
         "",
         report.markdown_table(
             ["in, out", "operand", "amax us", "quantize us", "quantize us / M elements"],
@@ -253,14 +277,15 @@ def _markdown(results: dict, meta: dict) -> str:
 
 
 def profile_case(tokens: int, linears: dict[tuple[int, int], int], device: torch.device) -> None:
-    """The backward operands of the largest linear, launched twice with the shipped configuration:
-    a short program for a profiler to attach to (the first round compiles)."""
+    """Both pairs of the largest linear, launched twice with the shipped configuration: a short
+    program for a profiler to attach to (the first round compiles)."""
     features_in, features_out = max(linears, key=lambda shape: shape[0] * shape[1])
     ops = _operands(tokens, features_in, features_out, device)
     rotation = rotation_matrix(random_signs(128, None, device))
-    fn = _launch(ops, rotation, list(torch.randint(0, 2**62, (4,), device=device).unbind()))
+    pairs = _pairs(ops, rotation, list(torch.randint(0, 2**62, (2,), device=device).unbind()))
     for _ in range(2):
-        fn()
+        for fn in pairs.values():
+            fn()
     torch.cuda.synchronize()
 
 

@@ -25,11 +25,9 @@ _TABLE: dict[str, dict[str, dict[str, Any]]] = {
     "quantize_tile_2d": {DEFAULT: {"BLOCK_R": 16, "BLOCK_C": 128, "num_warps": 4}},
     # MS-EDEN, one entry per pass: each program owns one 128-column group and up to MAX_TILES
     # tiles of BLOCK_R rows of it, as many as leave PROGRAMS_PER_SM programs per SM
-    # (ms_eden.tiles_per_program). No register cap: Inductor's launches drop one. The quantize
-    # pass over four operands compiles to 128 registers with one tile per program and 172 with
-    # more (Triton 3.6): one tile keeps two programs per SM (bench/results/ms-eden-tiles.md).
+    # (ms_eden.tiles_per_program). No register cap: Inductor's launches drop one.
     "ms_eden_amax": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "num_warps": 8}},
-    "ms_eden_quantize": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 1, "PROGRAMS_PER_SM": 3, "num_warps": 8}},
+    "ms_eden_quantize": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "num_warps": 8}},
     # nvidia recipe's backward quantizers: a rotated tile is one [BLOCK_R * BLOCK_C / 16, 16] x
     # [16, 16] tensor-core product.
     "nvidia": {DEFAULT: {"BLOCK_R": 32, "BLOCK_C": 128, "num_warps": 4}},

@@ -22,12 +22,13 @@ also zeroes the amax rows of all the backward's quantizers; the forward's two qu
 one zeroed buffer.
 
 A GEMM's two operands are quantized together, one launch per pass for both
-(:func:`.quantize.quantize_pair`), and the backward's four MS-EDEN operands in one launch per pass
-(:func:`.ms_eden.ms_eden_operands`): launches, not bytes, set the host time of a compiled step at
-ordinary model sizes.
+(:func:`.quantize.quantize_pair`, :func:`.ms_eden.ms_eden_pair`): launches, not bytes, set the
+host time of a compiled step at ordinary model sizes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -40,7 +41,7 @@ from .blackwell import NATIVE_K_MULTIPLE, dot_scaled_gemm
 from .dequantize import dequantize_unscaled
 from .gemm import unscaled_gemm
 from .launch import realized
-from .ms_eden import Operand, ms_eden_operands
+from .ms_eden import ms_eden_pair
 from .nvidia import nvidia_quantize
 from .quantize import Quantized, quantize, quantize_pair, stats_scratch
 from .rotation import random_rotation
@@ -107,6 +108,24 @@ def forward(
     return nvfp4_gemm(xq, wq, x.dtype, bias), saved
 
 
+def _ms_eden_gemm(
+    a: Tensor,
+    a_transpose: bool,
+    b: NVFP4Tensor,
+    rotation: Tensor,
+    seeds: Sequence[Tensor],
+    stats: Tensor,
+    stats_row: int,
+    out_dtype: torch.dtype,
+    native: bool,
+) -> Tensor:
+    """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction;
+    ``seeds``: two 0-d seed tensors; ``stats``: zeroed amax rows ``stats_row`` and the next."""
+    aq, bq = ms_eden_pair(a, b, rotation, seeds, stats, stats_row, a_transpose=a_transpose,
+                          **operands(native, b.codes.shape[0]))  # fmt: skip
+    return nvfp4_gemm(aq, bq, out_dtype)
+
+
 def _randomness(count: int, source: RandomSource, grad: Tensor) -> list[Tensor]:
     """``count`` int64 Philox seeds as 0-d device tensors, in one draw from ``source``: one per
     stochastically quantized operand, then one for the rotation signs.
@@ -123,25 +142,16 @@ def _randomness(count: int, source: RandomSource, grad: Tensor) -> list[Tensor]:
 
 
 def _backward_ms_eden(grad, saved, dtypes, needs, source, native):
-    """Quartet II: MS-EDEN on both operands of dgrad (along N: ``g`` and the saved weight's
-    transpose) and of wgrad (along T: ``g^T`` and the saved input's transpose), all rotated by one
-    RHT-128, in one launch per pass. One draw of five seeds; the rotation's launch also zeroes
-    the four amax rows."""
+    """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T). One draw of
+    five seeds; the rotation's launch also zeroes the four amax rows."""
     seeds = _randomness(5, source, grad)
     stats = torch.empty(4, 2, dtype=torch.float32, device=grad.device)
     rotation = random_rotation(EDEN_GROUP, seeds[4], zero=stats)
-    quantize = []
+    dx = dw = None
     if needs[0]:
-        route = operands(native, saved.wq.codes.shape[0])
-        quantize += [Operand(grad, seeds[0], False, **route), Operand(saved.wq, seeds[1], True, **route)]
+        dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], stats, 0, dtypes[0], native)
     if needs[1]:
-        route = operands(native, saved.xq.codes.shape[0])
-        quantize += [Operand(grad, seeds[2], True, **route), Operand(saved.xq, seeds[3], True, **route)]
-    if not quantize:
-        return None, None
-    q = ms_eden_operands(quantize, rotation, stats)
-    dx = nvfp4_gemm(q[0], q[1], dtypes[0]) if needs[0] else None
-    dw = nvfp4_gemm(q[-2], q[-1], dtypes[1]) if needs[1] else None
+        dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:4], stats, 2, dtypes[1], native)
     return dx, dw
 
 
