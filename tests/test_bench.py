@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import cProfile
 import importlib
 import importlib.util
 import json
 import math
+import pstats
 
 import pytest
 import torch
@@ -510,3 +512,33 @@ def test_ms_eden_tiles_counts_programs_per_sm_and_sums_the_model():
     assert totals[0]["amax_ms"] == pytest.approx(8 * (10 + 2 * 20) / 1e3)
     assert totals[0]["quantize_ms"] == pytest.approx(8 * 3 * 30 / 1e3)
     assert all(t["amax_ms"] == 0 for t in totals[1:])
+
+
+def test_host_profile_sums_exclusive_time_by_machinery_and_counts_calls(tmp_path):
+    """Each function's own time goes to the first bucket its ``file:function`` matches; launches,
+    allocations and views are counted per step; a quartet variant's excess is per linear."""
+    study = _bench_script("host_profile")
+    profiler = cProfile.Profile()
+    profiler.runcall(len, ())
+    stats = pstats.Stats(profiler)
+    stats.stats = {
+        ("/torch/_inductor/runtime/triton_heuristics.py", 1, "run"): (20, 20, 0.020, 0.05, {}),
+        ("~", 0, "<built-in method torch._C._dynamo.guards._empty_strided_cuda>"): (10, 10, 0.010, 0.010, {}),
+        ("~", 0, "<built-in method torch._C._dynamo.guards._reinterpret_tensor>"): (30, 30, 0.003, 0.003, {}),
+        ("/tmp/torchinductor_root/ab/cab.py", 9, "call"): (1, 1, 0.005, 0.1, {}),
+        ("/torch/autograd/graph.py", 1, "backward"): (3, 3, 0.100, 0.2, {}),
+    }
+    result = study.breakdown(stats, steps=2, top=2)
+    assert result["buckets_ms"] == pytest.approx({"launch": 10, "allocation": 5, "view": 1.5, "graph code": 2.5,
+                                                  "other": 50})  # fmt: skip
+    assert result["counts"] == {"launches": 10, "allocations": 5, "views": 15}
+    assert result["profiled_ms"] == pytest.approx(69) and [t["ms"] for t in result["top"]] == pytest.approx([50, 10])
+    study.main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--variants", "eager,bf16", "--steps", "1",
+                "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
+    base, op_layer = json.loads((tmp_path / "host-profile.json").read_text())["rows"]
+    assert base["quartet_linears"] == 0 and op_layer["quartet_linears"] == 14
+    assert 0 < base["profiled_ms"] and sum(op_layer["buckets_ms"].values()) == pytest.approx(op_layer["profiled_ms"])
+    excess = study.per_linear(op_layer, base)
+    assert excess["allocations"] == pytest.approx(
+        (op_layer["counts"]["allocations"] - base["counts"]["allocations"]) / 14
+    )
