@@ -21,7 +21,7 @@ from quartet_compile import QuartetConfig, backend
 
 from .. import report
 from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from
-from .step_profile import measure
+from .step_profile import measure, step_meta
 
 CASES = {
     "bf16 no_grad": ("inductor", True, False),
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     spec = spec_from(args)
-    meta = {**report.environment(device), "model": spec.label, "hf_set": args.hf_set, "batch": args.batch,
-            "seq_len": args.seq_len}  # fmt: skip
+    meta = step_meta(args, spec, device)
     torch.manual_seed(0)
     model = spec.build().to(device)
     tokens = torch.randint(0, 256, (args.batch, args.seq_len + 1), device=device)

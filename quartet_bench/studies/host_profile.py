@@ -24,8 +24,7 @@ import torch
 
 from .. import report
 from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from, variant_list
-from ..training import TrainSettings
-from .step_profile import training_step
+from .step_profile import step_meta, variant_steps
 
 BUCKETS = {
     "launch": r"triton/|triton_heuristics|static_triton_launcher|_launch_kernel|__triton_launcher|get_raw_stream|"
@@ -131,12 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     spec = spec_from(args)
-    meta = {**report.environment(device), "model": spec.label, "hf_set": args.hf_set, "batch": args.batch,
-            "seq_len": args.seq_len}  # fmt: skip
+    meta = step_meta(args, spec, device)
     rows = []
-    for variant in args.variants:
-        settings = TrainSettings(batch=args.batch, seq_len=args.seq_len)
-        step, taken_over = training_step(variant, spec, settings, device, args.inner_backend)
+    for variant, step, taken_over in variant_steps(args, spec, device):
         rows.append({"variant": variant, **profile_steps(step, device, args.warmup, args.steps),
                      "quartet_linears": taken_over()})  # fmt: skip
         print(f"{variant}: {rows[-1]['profiled_ms']:.2f} ms per step under the profiler, {rows[-1]['counts']}",

@@ -27,7 +27,7 @@ import re
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -93,6 +93,22 @@ def training_step(
         return sum(d.quantized for report in reports for d in report)
 
     return lambda: train_step(step_fn, tokens, params, optimizer, device, settings), taken_over
+
+
+def step_meta(args: argparse.Namespace, spec: ModelSpec, device: torch.device) -> dict:
+    """Device, versions, command, model and batch shape: what every step study's result records."""
+    return {**report.environment(device), "model": spec.label, "hf_set": args.hf_set, "batch": args.batch,
+            "seq_len": args.seq_len}  # fmt: skip
+
+
+def variant_steps(
+    args: argparse.Namespace, spec: ModelSpec, device: torch.device, compile_mode: str | None = None
+) -> Iterator[tuple[str, Callable[[], None], Callable[[], int]]]:
+    """Each of ``args.variants`` with its :func:`training_step` on ``args``' batch shape, built
+    only when the previous one has been measured."""
+    for variant in args.variants:
+        settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=compile_mode)
+        yield variant, *training_step(variant, spec, settings, device, args.inner_backend)
 
 
 def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
@@ -179,12 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     torch._inductor.config.cpp_wrapper = args.cpp_wrapper
     spec = spec_from(args)
     mode = (args.mode or "default") + (" + cpp_wrapper" if args.cpp_wrapper else "")
-    meta = {**report.environment(device), "model": spec.label, "hf_set": args.hf_set, "batch": args.batch,
-            "seq_len": args.seq_len, "mode": mode}  # fmt: skip
+    meta = {**step_meta(args, spec, device), "mode": mode}
     rows = []
-    for variant in args.variants:
-        settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=args.mode)
-        step, taken_over = training_step(variant, spec, settings, device, args.inner_backend)
+    for variant, step, taken_over in variant_steps(args, spec, device, args.mode):
         row = {"variant": variant, **measure(step, device, args.warmup, args.steps), "quartet_linears": taken_over()}
         rows.append({**row, **per_linear(row, rows[0] if rows else row)})
         print(f"{variant}: {row['step_ms']:.2f} ms per step, host {row['host_ms']:.2f}, kernels {row['kernel_ms']:.2f}",
