@@ -232,6 +232,22 @@ def check_random_rotation(n: int, generator: torch.Generator) -> None:
         assert not torch.equal(random_rotation(n, other), rotation)
 
 
+@triton.jit
+def _block_draws_kernel(seed_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """Uniform ``b`` = output ``b % 4`` of Philox at offset ``b // 4``, element by element."""
+    b = tl.arange(0, BLOCK)
+    u0, u1, u2, u3 = tl.rand4x(tl.load(seed_ptr), (b // 4).to(tl.uint32))
+    k = b % 4
+    tl.store(out_ptr + b, tl.where(k == 0, u0, tl.where(k == 1, u1, tl.where(k == 2, u2, u3))), mask=b < n)
+
+
+def block_draws(seed: torch.Tensor, n: int) -> torch.Tensor:
+    """The MS-EDEN kernel's documented uniforms of ``n`` blocks in row-major block order."""
+    out = torch.empty(n, dtype=torch.float32)
+    _block_draws_kernel[(1,)](seed, out, n, BLOCK=triton.next_power_of_2(n))
+    return out
+
+
 def ms_eden_stage(generator: torch.Generator) -> None:
     signs = random_signs(128, generator, torch.device("cpu"))
     rotation = rotation_matrix(signs)
@@ -258,6 +274,7 @@ def ms_eden_stage(generator: torch.Generator) -> None:
         ref = quantize_ms_eden_rotated(debug["rotated"], uniforms=debug["uniforms"])
         assert_same_fp4(k.fp4, ref)
         assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
+        assert torch.equal(debug["uniforms"].flatten(), block_draws(seed, debug["uniforms"].numel()))
     ms_eden_pairs(rotation, generator)
     ms_eden_row_tiles(rotation, seed, generator)
     again: dict[str, torch.Tensor] = {}
