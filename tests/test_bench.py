@@ -542,3 +542,12 @@ def test_host_profile_sums_exclusive_time_by_machinery_and_counts_calls(tmp_path
     assert excess["allocations"] == pytest.approx(
         (op_layer["counts"]["allocations"] - base["counts"]["allocations"]) / 14
     )
+    meta = {"model": "tiny", "batch": 2, "seq_len": 16}
+
+    def row_of(rows: list[dict]) -> str:
+        return next(line for line in study.markdown(rows, meta).splitlines() if line.startswith("| bf16 |"))
+
+    assert "| 14 | " in row_of([base, op_layer]) and row_of([base, op_layer]).endswith(
+        f"launches {excess['launches']:.1f}, allocations {excess['allocations']:.1f}, views {excess['views']:.1f} |"
+    )
+    assert row_of([op_layer]).endswith("| 14 | - |"), "a variant profiled alone has no baseline to exceed"

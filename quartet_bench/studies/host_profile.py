@@ -107,7 +107,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     header = ["variant", "profiled", *BUCKETS, "other", *COUNTED, "quartet linears", "per linear: ms, calls"]
     cells = []
     for r in rows:
-        excess = per_linear(r, rows[0])
+        excess = None if r is rows[0] else per_linear(r, rows[0])  # the first variant is the baseline
         extra = "-" if excess is None else ", ".join(f"{v:.3f}" if k == "ms" else f"{k} {v:.1f}"
                                                      for k, v in excess.items())  # fmt: skip
         buckets = [f"{r['buckets_ms'][b]:.2f}" for b in [*BUCKETS, "other"]]
