@@ -454,23 +454,28 @@ def test_eval_step_measures_the_inference_path_against_the_training_forward(tmp_
 
 
 def test_inductor_setting_compiles_each_arm_under_its_setting(tmp_path, monkeypatch):
-    """The setting must span the arm's first steps, where the forward and the backward compile."""
+    """The setting must span the arm's first steps, where the forward and the backward compile, and
+    reach where the kernels compile."""
     import torch._inductor.compile_fx as compile_fx
 
-    seen = []
+    seen, threads = [], []
     original = compile_fx._compile_fx_inner
 
     def recording(gm, example_inputs, **kwargs):
         seen.append((kwargs.get("is_backward"), torch._inductor.config.fallback_random))
+        threads.append(torch._inductor.config.compile_threads)
         return original(gm, example_inputs, **kwargs)
 
     monkeypatch.setattr(compile_fx, "_compile_fx_inner", recording)
-    # A cache hit compiles nothing. (monkeypatch's undo would delete these config entries.)
-    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+    # A cache hit compiles nothing; workers would compile the kernels. (monkeypatch's undo would
+    # delete these config entries.)
+    no_cache = torch._functorch.config.patch(enable_autograd_cache=False)
+    with torch._inductor.config.patch(fx_graph_cache=False, compile_threads=4), no_cache:
         _bench_script("inductor_setting").main(["--setting", "fallback_random=True", "--model", "tiny", "--batch", "2",
                                                 "--seq-len", "16", "--rounds", "1", "--steps", "1", "--warmup", "1",
                                                 "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
     assert seen == [(False, False), (True, False), (False, True), (True, True)]
+    assert threads == [1] * 4, "kernels compile in this process, where the setting is patched"
     result = json.loads((tmp_path / "inductor-setting.json").read_text())
     assert [r["arm"] for r in result["rows"]] == ["default", "set"]
     assert (result["setting"], result["value"], result["default"]) == ("fallback_random", True, False)

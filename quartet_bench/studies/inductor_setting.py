@@ -7,7 +7,8 @@ launches).
         --hf-config llama --hf-set hidden_size=1024 ... --batch 8 --seq-len 1024
 
 One process, because default-mode host time differs between processes by more than most settings
-move it; alternating the arms spreads slow drift over both.
+move it; alternating the arms spreads slow drift over both. Both arms compile their kernels in that
+process too (:data:`IN_PROCESS`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from .. import report
 from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from
 from ..training import TrainSettings
 from .step_profile import measure, training_step
+
+IN_PROCESS = {"compile_threads": 1}
+"""Inductor settings of both arms: Inductor's compile workers take only a few settings from this
+process's configuration (the rest from their environment), and some settings are read there
+(whether a user kernel is launched by Inductor's static launcher, for one), so a setting patched
+here would not reach kernels compiled in a worker."""
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for round_ in range(args.rounds):
         for arm, patch in (("default", {}), ("set", {name: value})):
-            with torch._inductor.config.patch(patch):  # spans the step's first calls, which compile
+            with torch._inductor.config.patch({**IN_PROCESS, **patch}):  # spans the first calls, which compile
                 step, _ = training_step(args.variant, spec, settings, device, "inductor")
                 row = measure(step, device, args.warmup, args.steps)
             rows.append({"round": round_, "arm": arm, **row})
