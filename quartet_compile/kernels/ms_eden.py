@@ -55,7 +55,7 @@ INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
 def _rotated_tile(
     src_ptr,
     src_scales_ptr,
-    src_tensor_scale_ptr,
+    src_tensor_scale,
     rotation,
     r0,
     r,
@@ -70,7 +70,8 @@ def _rotated_tile(
     BLOCK_R: tl.constexpr,
 ):
     """float32 ``[BLOCK_R, 128]``: rows ``r = r0 .. r0+BLOCK_R`` of the operand, columns
-    ``c0 .. c0+128``, times ``rotation`` (bf16, its columns in accumulator order)."""
+    ``c0 .. c0+128``, times ``rotation`` (bf16, its columns in accumulator order);
+    ``src_tensor_scale``: the saved tensor's, for PACKED."""
     g = tl.arange(0, 128)
     if PACKED:
         # Operand[r, c] = deq(Q)[c, r] for a saved Q of shape [cols, rows] quantized along rows.
@@ -85,7 +86,7 @@ def _rotated_tile(
         values = tl.reshape(e2m1_value(codes), (128, BLOCK_R // 16, 16)) * e4m3_value(scale_bits)[:, :, None]
         tile = tl.trans(tl.reshape(values, (128, BLOCK_R))).to(tl.bfloat16)
         acc = dot_split(tile, rotation, 1, EMULATED)
-        return acc * (INV_SQRT_GROUP * tl.load(src_tensor_scale_ptr))
+        return acc * (INV_SQRT_GROUP * src_tensor_scale)
     c = c0 + g
     x = tl.load(src_ptr + r.to(tl.int64)[:, None] * stride_r + c[None, :] * stride_c, mask=row_ok[:, None], other=0.0)
     return dot_split(x, rotation, SPLITS, EMULATED) * INV_SQRT_GROUP
@@ -172,13 +173,23 @@ def _ms_eden_program(
     """Program ``p`` of one operand's pass: ``TILES`` consecutive row tiles of ``BLOCK_R`` rows
     of its 128-column group ``group`` (consecutive programs take consecutive tiles of one
     group), so that the rotation it loaded serves several tiles. The amax pass folds its tiles'
-    statistics into per-row extremes and publishes them once, after the last tile."""
+    statistics into per-row extremes and publishes them once, after the last tile. The tensor
+    scale, the fast-division flag and a saved operand's tensor scale are loaded once, before
+    the first tile: inside the loop, where the tiles' stores may alias them, each tile waited
+    on their loads. The seed stays a per-tile load (issued ahead of the tile's product): held
+    across the loop it raised the quantize pass from 128 to 172 registers."""
     chunks = tl.cdiv(tl.cdiv(rows, BLOCK_R), TILES)
     group = p // chunks
     stats_ptr += 2 * stats_row
+    src_tensor_scale = 1.0
+    if PACKED:
+        src_tensor_scale = tl.load(src_tensor_scale_ptr)
     if AMAX_PASS:
         top = tl.zeros([BLOCK_R], dtype=tl.int32)
         below = tl.full([BLOCK_R], 0xFFFFFFFF, dtype=tl.uint32)
+    else:
+        s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, p == 0)
+        fast = fast_division_ok(stats_ptr, s_t)
     for t in tl.range(0, TILES):
         r0 = (p % chunks * TILES + t) * BLOCK_R
         r = r0 + tl.arange(0, BLOCK_R)
@@ -187,7 +198,7 @@ def _ms_eden_program(
         rot = _rotated_tile(
             src_ptr,
             src_scales_ptr,
-            src_tensor_scale_ptr,
+            src_tensor_scale,
             rotation,
             r0,
             r,
@@ -206,11 +217,10 @@ def _ms_eden_program(
             top = tl.maximum(top, tl.max(tile_bits, axis=1))
             below = tl.minimum(below, tl.min(tile_below, axis=1))
         else:
-            s_t = published_tensor_scale(stats_ptr, value_max_times_scale_max, tensor_scale_ptr, p == 0)
             lo, hi = _halves(rot)
             blocks = c0 // 16 + tl.arange(0, 8)
             uniforms = _block_uniforms(tl.load(seed_ptr), r, group, cols)
-            if fast_division_ok(stats_ptr, s_t):
+            if fast:
                 s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, True)
             else:
                 s_b, q_lo, q_hi, code_lo, code_hi = _eden_blocks(lo, hi, s_t, value_max, uniforms, False)
