@@ -177,7 +177,7 @@ def _ms_eden_program(
     scale, the fast-division flag and a saved operand's tensor scale are loaded once, before
     the first tile: inside the loop, where the tiles' stores may alias them, each tile waited
     on their loads. The seed stays a per-tile load (issued ahead of the tile's product): held
-    across the loop it raised the quantize pass from 128 to 172 registers."""
+    across the loop it raised the quantize pass from 128 to 172 registers (Triton 3.6)."""
     chunks = tl.cdiv(tl.cdiv(rows, BLOCK_R), TILES)
     group = p // chunks
     stats_ptr += 2 * stats_row
