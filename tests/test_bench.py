@@ -519,6 +519,37 @@ def test_ms_eden_tiles_counts_programs_per_sm_and_sums_the_model():
     assert all(t["amax_ms"] == 0 for t in totals[1:])
 
 
+def test_kernel_resources_compiles_the_passes_as_launches_specialize_them():
+    """The study compiles what a launch compiles: the dense slot's unit stride and the rotation's
+    row stride are constants, pointers and shapes are marked divisible by 16 except the seed (a
+    view at an 8-byte offset); then it reads registers, spills and shared memory from the cubin
+    and turns them into programs per Hopper SM."""
+    triton = pytest.importorskip("triton")
+    study = _bench_script("kernel_resources")
+    kernel, signature, constexprs = study.ms_eden_launch(study.GRADIENT, study.SAVED, tiles=2)
+    specialized, constants, aligned = study._specialized(signature, constexprs, "stride_c")
+    assert constants["a_stride_c"] == 1 and constants["stride_rot_k"] == 1 and constants["TILES"] == 2
+    assert "a_stride_c" not in specialized and "b_stride_c" in specialized and "a_stride_r" in aligned
+    assert "a_src_ptr" in aligned and "b_src_scales_ptr" in aligned and "a_programs" not in aligned
+    assert not [name for name in aligned if "seed" in name] and "value_max" not in aligned
+    if not study.CUOBJDUMP.exists():
+        pytest.skip("Triton's bundled cuobjdump is not installed")
+    operands = {"g (dgrad)": study.MS_EDEN_OPERANDS["g (dgrad)"]}
+    rows = study.measure(90, tiles=(1,), operands=operands)
+    assert [r["kernel"] for r in rows] == [
+        "MS-EDEN amax: g (dgrad), 1 tile",
+        "MS-EDEN quantize: g (dgrad), 1 tile",
+        "forward quantize RTN: x + W",
+        "forward quantize 4/6: x + W",
+    ]
+    for row, warps in zip(rows, (8, 8, 4, 4), strict=True):
+        assert 32 <= row["registers"] <= 255 and row["spilled_bytes"] == 0 and row["instructions"] > 200, row
+        assert row["programs_per_sm"] == study.programs_per_sm(row["registers"], row["shared_bytes"], warps)
+    assert rows[1]["shared_bytes"] >= 128 * 128 * 2  # the rotation sits in shared memory
+    meta = {"device": "none", "versions": {}, "command": "c", "arch": 90, "triton": triton.__version__}
+    assert "| MS-EDEN quantize: g (dgrad), 1 tile |" in study._markdown(rows, meta)
+
+
 def test_host_profile_sums_exclusive_time_by_machinery_and_counts_calls(tmp_path):
     """Each function's own time goes to the first bucket its ``file:function`` matches; launches,
     allocations and views are counted per step; a quartet variant's excess is per linear."""

@@ -13,14 +13,26 @@ import pytest
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
+from quartet_bench.studies.kernel_resources import (  # noqa: E402
+    CUOBJDUMP,
+    MS_EDEN_SIGNATURE,
+    compile_kernel,
+    cubin_resources,
+    ms_eden_launch,
+    quantize_launch,
+    sass,
+)
 from quartet_compile.kernels import blackwell, gemm, ms_eden, nvidia, quantize  # noqa: E402
 from quartet_compile.kernels.configs import config  # noqa: E402
 from quartet_compile.reference import nvfp4_matmul  # noqa: E402
 
 CHECKS = Path(__file__).with_name("interpreted_kernel_checks.py")
+
+
+def _needs_cuobjdump() -> None:
+    if not CUOBJDUMP.exists():
+        pytest.skip("Triton's bundled cuobjdump is not installed")
 
 
 @pytest.mark.interpreter
@@ -43,14 +55,6 @@ def _interpret(check: str, *seed: str) -> None:
 def test_division_check_draws_only_divisions_inside_the_fast_path_domain():
     """Seed 1685312294 once drew a zero divisor (``torch.rand`` can return exactly 0)."""
     _interpret("division", "1685312294")
-
-
-def _compile(kernel, signature: dict[str, str], constexprs: dict, arch: int, **options):
-    return triton.compile(
-        ASTSource(fn=kernel, signature={**signature, **dict.fromkeys(constexprs, "constexpr")}, constexprs=constexprs),
-        target=GPUTarget("cuda", arch, 32),
-        options=options,
-    )
 
 
 _GEMM_SIGNATURE = {
@@ -77,7 +81,9 @@ def _split(config: dict) -> tuple[dict, dict]:
 def test_blackwell_gemm_compiles_to_native_nvfp4_mma():
     constexprs, options = _split(config("blackwell_gemm"))
     signature = {**_GEMM_SIGNATURE, "a_scales_ptr": "*fp8e4nv", "b_scales_ptr": "*fp8e4nv"}
-    compiled = _compile(blackwell.dot_scaled_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 100, **options)
+    compiled = compile_kernel(
+        blackwell.dot_scaled_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 100, **options
+    )
     ptx = compiled.asm["ptx"]
     assert "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale" in ptx
     # One E4M3 scale per 16 elements (Triton 3.9 spells it ".block16", 3.6 "scale_vec::4X"),
@@ -123,7 +129,7 @@ def test_hopper_tma_gemm_is_fed_by_tma_and_stores_through_it(out):
         "stride_c": "i32",
         "programs": "i32",
     }
-    compiled = _compile(gemm._tma_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 90, **options)
+    compiled = compile_kernel(gemm._tma_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 90, **options)
     ptx = compiled.asm["ptx"]
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
     assert re.search(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global", ptx)
@@ -140,120 +146,28 @@ def test_exact_launch_options_keep_multiply_and_add_apart():
     """``EXACT`` (the launch options of every quantize kernel) stops the compiler from
     contracting a multiply and an add into one FMA, which the reference never does."""
     signature = dict.fromkeys(["a_ptr", "b_ptr", "c_ptr", "out_ptr"], "*fp32")
-    assert "fma.rn.f32" in _compile(_multiply_add_kernel, signature, {}, 90).asm["ptx"]
-    assert "fma.rn.f32" not in _compile(_multiply_add_kernel, signature, {}, 90, **quantize.EXACT).asm["ptx"]
+    assert "fma.rn.f32" in compile_kernel(_multiply_add_kernel, signature, {}, 90).asm["ptx"]
+    assert "fma.rn.f32" not in compile_kernel(_multiply_add_kernel, signature, {}, 90, **quantize.EXACT).asm["ptx"]
 
 
 def _assert_exact_rounding(kernel, signature: dict[str, str], constexprs: dict) -> str:
     """IEEE division on the exact path, E4M3 rounding by bit manipulation (no float8 cvt)."""
-    ptx = _compile(kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]
+    ptx = compile_kernel(kernel, signature, constexprs, 90, **quantize.EXACT).asm["ptx"]
     assert "div.rn.f32" in ptx
     assert "cvt.rn.satfinite.e4m3x2" not in ptx
     return ptx
 
 
-_QUANTIZE_SIGNATURE = {
-    "x_ptr": "*bf16",
-    "rows": "i32",
-    "cols": "i32",
-    "stride_r": "i32",
-    "stride_c": "i32",
-    "stats_ptr": "*fp32",
-    "stats_row": "i32",
-    "codes_ptr": "*u8",
-    "scales_ptr": "*u8",
-    "deq_ptr": "*bf16",
-    "tensor_scale_ptr": "*fp32",
-    "value_max": "fp32",
-    "value_max_times_scale_max": "fp32",
-    "alt_factor": "fp32",
-}
-
-
-def _two_slot_launch(kernel, signature: dict, shared: tuple, a: dict, b: dict | None, constexprs: dict) -> tuple:
-    """Signature and constexprs of a kernel that takes one operand (slot ``a``) or two (``TWO``)
-    per launch: ``signature`` lists one operand's arguments and the ``shared`` ones, ``a`` and
-    ``b`` each slot's constexprs (a ``PACKED`` source is uint8)."""
-    launch_signature = {k: signature[k] for k in shared}
-    launch_constexprs = {"TWO": b is not None, **constexprs}
-    for prefix, slot in (("a", a), ("b", b)):
-        for k in (k for k in signature if k not in shared):
-            if slot is None:
-                launch_constexprs[f"{prefix}_{k}"] = None
-            else:
-                packed_source = k in ("src_ptr", "x_ptr") and slot.get("PACKED")
-                launch_signature[f"{prefix}_{k}"] = "*u8" if packed_source else signature[k]
-        if prefix == "a":
-            launch_signature["a_programs"] = "i32"
-        launch_constexprs.update({f"{prefix.upper()}_{k}": v for k, v in (slot or a).items()})
-    return kernel, launch_signature, launch_constexprs
-
-
-_QUANTIZE_SHARED = ("stats_ptr", "value_max", "value_max_times_scale_max", "alt_factor")
-
-
-def _quantize_launch(two: bool, **constexprs) -> tuple:
-    slot = {"STORE_CODES": True, "STORE_DEQ": True}
-    return _two_slot_launch(
-        quantize._quantize_kernel, _QUANTIZE_SIGNATURE, _QUANTIZE_SHARED, slot, slot if two else None, constexprs
-    )
-
-
 @pytest.mark.parametrize(("four_over_six", "tile_2d"), [(False, False), (True, False), (False, True)])
 def test_quantize_kernel_ptx_rounds_exactly(four_over_six, tile_2d):
-    kernel, signature, constexprs = _quantize_launch(
+    kernel, signature, constexprs = quantize_launch(
         not tile_2d, FOUR_OVER_SIX=four_over_six, TILE_2D=tile_2d, BLOCK_R=32, BLOCK_C=128
     )
     _assert_exact_rounding(kernel, signature, constexprs)
 
 
-_MS_EDEN_SIGNATURE = {
-    "src_ptr": "*bf16",
-    "src_scales_ptr": "*u8",
-    "src_tensor_scale_ptr": "*fp32",
-    "rotation_ptr": "*bf16",
-    "stride_rot_k": "i32",
-    "stride_rot_n": "i32",
-    "rows": "i32",
-    "cols": "i32",
-    "stride_r": "i32",
-    "stride_c": "i32",
-    "stats_ptr": "*fp32",
-    "stats_row": "i32",
-    "seed_ptr": "*i64",
-    "codes_ptr": "*u8",
-    "scales_ptr": "*u8",
-    "deq_ptr": "*bf16",
-    "tensor_scale_ptr": "*fp32",
-    "rotated_ptr": "*fp32",
-    "uniforms_ptr": "*fp32",
-    "value_max": "fp32",
-    "value_max_times_scale_max": "fp32",
-}
-
-
-_MS_EDEN_SHARED = (
-    "rotation_ptr",
-    "stride_rot_k",
-    "stride_rot_n",
-    "stats_ptr",
-    "value_max",
-    "value_max_times_scale_max",
-)
-
-
-def _ms_eden_launch(a: dict, b: dict | None) -> tuple:
-    """``_ms_eden_kernel``'s quantize pass over operand ``a`` and optionally ``b`` in the same
-    launch, each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``."""
-    shipped = config("ms_eden_quantize")
-    constexprs = {"AMAX_PASS": False, "EMULATED": False, "DEBUG": False, "BLOCK_R": shipped["BLOCK_R"],
-                  "TILES": shipped["MAX_TILES"]}  # fmt: skip
-    slots = [None if slot is None else {**slot, "SPLITS": 1} for slot in (a, b)]
-    return _two_slot_launch(ms_eden._ms_eden_kernel, _MS_EDEN_SIGNATURE, _MS_EDEN_SHARED, *slots, constexprs)
-
-
 def test_ms_eden_kernel_ptx_rounds_exactly():
-    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": True, "STORE_DEQ": True}, None)
+    kernel, signature, constexprs = ms_eden_launch({"PACKED": False, "STORE_CODES": True, "STORE_DEQ": True}, None)
     ptx = _assert_exact_rounding(kernel, signature, constexprs)
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
     # The rotation's columns are loaded in accumulator order, so every 16-block lies in one
@@ -266,11 +180,13 @@ def test_statistics_are_published_with_relaxed_atomics():
     """The amax passes' atomics are relaxed, with no GPU-scope fence before them: only a later
     launch reads the statistics, and Triton's default acquire-release atomic fences the loads of
     the tiles still in flight (the MS-EDEN amax pass and the forward's statistics kernel)."""
-    kernel, signature, constexprs = _ms_eden_launch({"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True}, None)
-    ms_eden_amax = _compile(kernel, signature, {**constexprs, "AMAX_PASS": True}, 90, num_warps=8, **quantize.EXACT)
+    kernel, signature, constexprs = ms_eden_launch({"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True}, None)
+    ms_eden_amax = compile_kernel(
+        kernel, signature, {**constexprs, "AMAX_PASS": True}, 90, num_warps=8, **quantize.EXACT
+    )
     stats_signature = {"stats_ptr": "*fp32", "a_ptr": "*bf16", "a_n": "i32", "a_stats_row": "i32", "a_programs": "i32",
                        "b_ptr": "*bf16", "b_n": "i32", "b_stats_row": "i32"}  # fmt: skip
-    stats = _compile(quantize._stats_kernel, stats_signature, {"TWO": True, "BLOCK_SIZE": 1024}, 90, num_warps=4)
+    stats = compile_kernel(quantize._stats_kernel, stats_signature, {"TWO": True, "BLOCK_SIZE": 1024}, 90, num_warps=4)
     for compiled in (ms_eden_amax, stats):
         ptx = compiled.asm["ptx"]
         atomics = re.findall(r"\b(?:atom|red)\.[\w.:]+", ptx)
@@ -281,7 +197,7 @@ def test_statistics_are_published_with_relaxed_atomics():
 @pytest.mark.parametrize("rotate", [False, True])
 def test_nvidia_kernel_ptx_rounds_exactly(rotate):
     # MS-EDEN's arguments without the saved-FP4 source's scales.
-    signature = {k: v for k, v in _MS_EDEN_SIGNATURE.items() if k not in ("src_scales_ptr", "src_tensor_scale_ptr")}
+    signature = {k: v for k, v in MS_EDEN_SIGNATURE.items() if k not in ("src_scales_ptr", "src_tensor_scale_ptr")}
     constexprs = {
         "AMAX_PASS": False,
         "ROTATE": rotate,
@@ -385,22 +301,22 @@ def test_native_gemm_needs_blackwell_and_a_passed_check(monkeypatch):
 
 
 def _nvidia_case(rotate: bool):
-    signature = {k: v for k, v in _MS_EDEN_SIGNATURE.items() if k not in ("src_scales_ptr", "src_tensor_scale_ptr")}
+    signature = {k: v for k, v in MS_EDEN_SIGNATURE.items() if k not in ("src_scales_ptr", "src_tensor_scale_ptr")}
     constexprs = {"AMAX_PASS": False, "ROTATE": rotate, "STOCHASTIC": True, "SPLITS": 1, "EMULATED": False,
                   "STORE_CODES": False, "STORE_DEQ": True, "DEBUG": False, "BLOCK_R": 32, "BLOCK_C": 128}  # fmt: skip
     return nvidia._nvidia_kernel, signature, constexprs
 
 
 EXACT_KERNELS = {
-    "quantize rtn": _quantize_launch(True, FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
-    "quantize 4/6": _quantize_launch(True, FOUR_OVER_SIX=True, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
-    "quantize 16x16 tiles": _quantize_launch(False, FOUR_OVER_SIX=False, TILE_2D=True, BLOCK_R=16, BLOCK_C=128),
+    "quantize rtn": quantize_launch(True, FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
+    "quantize 4/6": quantize_launch(True, FOUR_OVER_SIX=True, TILE_2D=False, BLOCK_R=8, BLOCK_C=256),
+    "quantize 16x16 tiles": quantize_launch(False, FOUR_OVER_SIX=False, TILE_2D=True, BLOCK_R=16, BLOCK_C=128),
     # A backward GEMM's two operands in one launch: g (codes for a native GEMM) and a saved operand.
-    "ms-eden pair, codes": _ms_eden_launch(
+    "ms-eden pair, codes": ms_eden_launch(
         {"PACKED": False, "STORE_CODES": True, "STORE_DEQ": False},
         {"PACKED": True, "STORE_CODES": True, "STORE_DEQ": False},
     ),
-    "ms-eden pair, bf16 operands": _ms_eden_launch(
+    "ms-eden pair, bf16 operands": ms_eden_launch(
         {"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True},
         {"PACKED": True, "STORE_CODES": False, "STORE_DEQ": True},
     ),
@@ -409,26 +325,16 @@ EXACT_KERNELS = {
 }
 
 
-def _sass(compiled, path: Path) -> list[str]:
-    """The kernel's machine instructions, without addresses (Triton's bundled cuobjdump)."""
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not cuobjdump.exists():
-        pytest.skip("Triton's bundled cuobjdump is not installed")
-    path.write_bytes(compiled.asm["cubin"])
-    text = subprocess.run([str(cuobjdump), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
-    return [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", line).split(";")[0] for line in text.splitlines()
-            if re.match(r"^\s*/\*[0-9a-f]{4,}\*/", line)]  # fmt: skip
-
-
 @pytest.mark.parametrize("name", EXACT_KERNELS)
-def test_exact_kernels_compile_to_the_same_code_with_fp_fusion_on(name, tmp_path):
+def test_exact_kernels_compile_to_the_same_code_with_fp_fusion_on(name):
     """Inductor compiles the kernels it launches from a compiled graph with FP fusion on (it
     does not pass ``enable_fp_fusion=False`` on), which may contract a multiply and an add into
     an FMA the reference does not perform. The kernels write such products as ``mul_rn``, so
     their sm_90 machine code is the same either way."""
     kernel, signature, constexprs = EXACT_KERNELS[name]
-    unfused = _sass(_compile(kernel, signature, constexprs, 90, num_warps=4, **quantize.EXACT), tmp_path / "a")
-    fused = _sass(_compile(kernel, signature, constexprs, 90, num_warps=4, enable_fp_fusion=True), tmp_path / "b")
+    _needs_cuobjdump()
+    unfused = sass(compile_kernel(kernel, signature, constexprs, 90, num_warps=4, **quantize.EXACT))
+    fused = sass(compile_kernel(kernel, signature, constexprs, 90, num_warps=4, enable_fp_fusion=True))
     assert len(unfused) > 100 and any(op.startswith("FFMA") for op in unfused)
     assert fused == unfused
 
@@ -438,24 +344,14 @@ SHARED_MEMORY_KB = {80: 163, 86: 99, 89: 99, 90: 227, 100: 227, 120: 99}
 every route's kernels must fit the GPUs it runs on."""
 
 
-def _resources(compiled, path: Path) -> dict[str, int]:
-    """Registers, stack and local (spilled) bytes per thread of the kernel, from its cubin."""
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not cuobjdump.exists():
-        pytest.skip("Triton's bundled cuobjdump is not installed")
-    path.write_bytes(compiled.asm["cubin"])
-    text = subprocess.run([str(cuobjdump), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
-    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
-
-
 @pytest.mark.parametrize("arch", SHARED_MEMORY_KB)
 @pytest.mark.parametrize("name", EXACT_KERNELS)
-def test_every_quantizer_compiles_for_every_gpu_generation(name, arch, tmp_path):
+def test_every_quantizer_compiles_for_every_gpu_generation(name, arch):
     """Ampere (sm_80, 86), Ada (89), Hopper (90) and Blackwell (100, 120) run the same quantizers:
     they compile (ptxas included), fit the generation's shared memory, keep the exact division,
     use Hopper's wgmma and TMA only where they exist, and spill no registers."""
     kernel, signature, constexprs = EXACT_KERNELS[name]
-    compiled = _compile(kernel, signature, constexprs, arch, num_warps=4, **quantize.EXACT)
+    compiled = compile_kernel(kernel, signature, constexprs, arch, num_warps=4, **quantize.EXACT)
     ptx = compiled.asm["ptx"]
     assert compiled.metadata.shared <= SHARED_MEMORY_KB[arch] * 1024
     assert "div.rn.f32" in ptx and "cvt.rn.satfinite.e4m3x2" not in ptx
@@ -463,7 +359,8 @@ def test_every_quantizer_compiles_for_every_gpu_generation(name, arch, tmp_path)
         assert "wgmma" not in ptx
     if arch < 90:
         assert "cp.async.bulk.tensor" not in ptx and "tensormap" not in ptx
-    resources = _resources(compiled, tmp_path / "kernel.cubin")
+    _needs_cuobjdump()
+    resources = cubin_resources(compiled)
     assert resources["REG"] <= 255 and resources.get("LOCAL", 0) == 0, resources
 
 
