@@ -527,11 +527,14 @@ def test_kernel_resources_compiles_the_passes_as_launches_specialize_them():
     triton = pytest.importorskip("triton")
     study = _bench_script("kernel_resources")
     kernel, signature, constexprs = study.ms_eden_launch(study.GRADIENT, study.SAVED, tiles=2)
-    specialized, constants, aligned = study._specialized(signature, constexprs, "stride_c")
+    specialized, constants, aligned = study._specialized(signature, constexprs, ("a_stride_c",))
     assert constants["a_stride_c"] == 1 and constants["stride_rot_k"] == 1 and constants["TILES"] == 2
     assert "a_stride_c" not in specialized and "b_stride_c" in specialized and "a_stride_r" in aligned
     assert "a_src_ptr" in aligned and "b_src_scales_ptr" in aligned and "a_programs" not in aligned
     assert not [name for name in aligned if "seed" in name] and "value_max" not in aligned
+    _, signature, constexprs = study.quantize_launch(True, FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256)
+    specialized, constants, _ = study._specialized(signature, constexprs, ("a_stride_c", "b_stride_c"))
+    assert constants["a_stride_c"] == constants["b_stride_c"] == 1 and "stride_rot_k" not in constants
     if not study.CUOBJDUMP.exists():
         pytest.skip("Triton's bundled cuobjdump is not installed")
     operands = {"g (dgrad)": study.MS_EDEN_OPERANDS["g (dgrad)"]}

@@ -172,22 +172,23 @@ SAVED = {"PACKED": True, "STORE_CODES": False, "STORE_DEQ": True}
 """The Hopper backward's two kinds of MS-EDEN operand: the bf16 gradient and a saved FP4 tensor."""
 
 MS_EDEN_OPERANDS = {
-    "g (dgrad)": (GRADIENT, None, "stride_c"),
-    "g^T (wgrad, strided)": (GRADIENT, None, "stride_r"),
-    "saved FP4": (SAVED, None, None),
-    "g + saved W^T (dgrad pair)": (GRADIENT, SAVED, "stride_c"),
-    "g^T + saved x^T (wgrad pair)": (GRADIENT, SAVED, "stride_r"),
+    "g (dgrad)": (GRADIENT, None, ("a_stride_c",)),
+    "g^T (wgrad, strided)": (GRADIENT, None, ("a_stride_r",)),
+    "saved FP4": (SAVED, None, ()),
+    "g + saved W^T (dgrad pair)": (GRADIENT, SAVED, ("a_stride_c",)),
+    "g^T + saved x^T (wgrad pair)": (GRADIENT, SAVED, ("a_stride_r",)),
 }
-"""Operand layouts of the backward's MS-EDEN launches: slots, and which stride of the dense slot
-is 1 (a constant in the compiled kernel, as launches specialize it)."""
+"""Operand layouts of the backward's MS-EDEN launches: slots, and the strides that are 1 (a
+constant in the compiled kernel, as launches specialize it)."""
 
 
-def _specialized(signature: dict, constexprs: dict, unit_stride: str | None) -> tuple[dict, dict, tuple[str, ...]]:
-    """As a launch specializes the arguments: the dense slot's unit stride and the rotation's
+def _specialized(
+    signature: dict, constexprs: dict, unit_strides: tuple[str, ...]
+) -> tuple[dict, dict, tuple[str, ...]]:
+    """As a launch specializes the arguments: the dense slots' unit strides and the rotation's
     row stride are constants, pointers and the other shapes divisible by 16 (a seed is a view
     at an 8-byte offset)."""
-    unit = ["stride_rot_k"] + ([f"a_{unit_stride}"] if unit_stride else [])
-    constants = {name: 1 for name in unit if name in signature}
+    constants = {name: 1 for name in ("stride_rot_k", *unit_strides) if name in signature}
     signature = {k: v for k, v in signature.items() if k not in constants}
     shapes = re.compile(r"(^|_)(rows|cols|stride_r|stride_c|stride_rot_n)$")
     aligned = tuple(k for k, v in signature.items() if (v.startswith("*") and "seed" not in k) or shapes.search(k))
@@ -213,10 +214,10 @@ def measure(arch: int, tiles: tuple[int, ...] = (1, 2, 4), operands: dict = MS_E
     rows = []
     for amax_pass in (True, False):
         warps = config("ms_eden_amax" if amax_pass else "ms_eden_quantize")["num_warps"]
-        for name, (a, b, unit_stride) in operands.items():
+        for name, (a, b, unit_strides) in operands.items():
             for count in tiles:
                 kernel, signature, constexprs = ms_eden_launch(a, b, amax_pass=amax_pass, tiles=count)
-                signature, constexprs, aligned = _specialized(signature, constexprs, unit_stride)
+                signature, constexprs, aligned = _specialized(signature, constexprs, unit_strides)
                 compiled = compile_kernel(
                     kernel, signature, constexprs, arch, aligned, num_warps=warps, **quantize.EXACT
                 )
@@ -226,7 +227,7 @@ def measure(arch: int, tiles: tuple[int, ...] = (1, 2, 4), operands: dict = MS_E
     block, warps = {k: shipped[k] for k in ("BLOCK_R", "BLOCK_C")}, shipped["num_warps"]
     for label, four_over_six in (("RTN", False), ("4/6", True)):
         kernel, signature, constexprs = quantize_launch(True, FOUR_OVER_SIX=four_over_six, TILE_2D=False, **block)
-        signature, constexprs, aligned = _specialized(signature, constexprs, "stride_c")
+        signature, constexprs, aligned = _specialized(signature, constexprs, ("a_stride_c", "b_stride_c"))
         compiled = compile_kernel(kernel, signature, constexprs, arch, aligned, num_warps=warps, **quantize.EXACT)
         rows.append(_row(f"forward quantize {label}: x + W", compiled, warps, arch))
     return rows
