@@ -195,7 +195,12 @@ def _specialized(
     return signature, {**constexprs, **constants}, aligned
 
 
-def _row(name: str, compiled, warps: int, arch: int) -> dict[str, Any]:
+def _row(name: str, launch: tuple, unit_strides: tuple[str, ...], arch: int, warps: int) -> dict[str, Any]:
+    """``launch`` (kernel, signature, constexprs) specialized and compiled as the shipped launch
+    compiles it, and what its cubin holds."""
+    kernel, signature, constexprs = launch
+    signature, constexprs, aligned = _specialized(signature, constexprs, unit_strides)
+    compiled = compile_kernel(kernel, signature, constexprs, arch, aligned, num_warps=warps, **quantize.EXACT)
     resources = cubin_resources(compiled)
     shared = compiled.metadata.shared
     return {
@@ -216,20 +221,14 @@ def measure(arch: int, tiles: tuple[int, ...] = (1, 2, 4), operands: dict = MS_E
         warps = config("ms_eden_amax" if amax_pass else "ms_eden_quantize")["num_warps"]
         for name, (a, b, unit_strides) in operands.items():
             for count in tiles:
-                kernel, signature, constexprs = ms_eden_launch(a, b, amax_pass=amax_pass, tiles=count)
-                signature, constexprs, aligned = _specialized(signature, constexprs, unit_strides)
-                compiled = compile_kernel(
-                    kernel, signature, constexprs, arch, aligned, num_warps=warps, **quantize.EXACT
-                )
+                launch = ms_eden_launch(a, b, amax_pass=amax_pass, tiles=count)
                 label = f"MS-EDEN {'amax' if amax_pass else 'quantize'}: {name}, {count} tile{'s' * (count > 1)}"
-                rows.append(_row(label, compiled, warps, arch))
+                rows.append(_row(label, launch, unit_strides, arch, warps))
     shipped = config("quantize")
     block, warps = {k: shipped[k] for k in ("BLOCK_R", "BLOCK_C")}, shipped["num_warps"]
     for label, four_over_six in (("RTN", False), ("4/6", True)):
-        kernel, signature, constexprs = quantize_launch(True, FOUR_OVER_SIX=four_over_six, TILE_2D=False, **block)
-        signature, constexprs, aligned = _specialized(signature, constexprs, ("a_stride_c", "b_stride_c"))
-        compiled = compile_kernel(kernel, signature, constexprs, arch, aligned, num_warps=warps, **quantize.EXACT)
-        rows.append(_row(f"forward quantize {label}: x + W", compiled, warps, arch))
+        launch = quantize_launch(True, FOUR_OVER_SIX=four_over_six, TILE_2D=False, **block)
+        rows.append(_row(f"forward quantize {label}: x + W", launch, ("a_stride_c", "b_stride_c"), arch, warps))
     return rows
 
 
