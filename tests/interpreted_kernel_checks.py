@@ -15,7 +15,7 @@ from fp4_asserts import assert_same_fp4
 from quartet_compile.config import QuartetConfig
 from quartet_compile.kernels import configs, layer
 from quartet_compile.kernels.dequantize import dequantize_unscaled
-from quartet_compile.kernels.ms_eden import ms_eden, ms_eden_pair
+from quartet_compile.kernels.ms_eden import Operand, ms_eden, ms_eden_gemms
 from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e2m1_sr, e4m3_rne, e4m3_sr
 from quartet_compile.kernels.nvidia import nvidia_quantize
 from quartet_compile.kernels.quantize import quantize, quantize_pair, tensor_amax, tensor_stats
@@ -275,7 +275,7 @@ def ms_eden_stage(generator: torch.Generator) -> None:
         assert_same_fp4(k.fp4, ref)
         assert torch.equal(k.unscaled_bf16.float(), ref.dequantize_unscaled())
         assert torch.equal(debug["uniforms"].flatten(), block_draws(seed, debug["uniforms"].numel()))
-    ms_eden_pairs(rotation, generator)
+    ms_eden_gemm_launches(rotation, generator)
     ms_eden_row_tiles(rotation, seed, generator)
     again: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed, debug=again)
@@ -316,27 +316,37 @@ def ms_eden_row_tiles(rotation: torch.Tensor, seed: torch.Tensor, generator: tor
             assert torch.equal(tiled.tensor_scale, one.tensor_scale)
 
 
-def ms_eden_pairs(rotation: torch.Tensor, generator: torch.Generator) -> None:
-    """A backward GEMM's two operands in one launch per pass (dgrad: ``g`` and the saved
-    weight; wgrad: ``g^T`` and the saved input; the saved operands' last row tiles are partial)
-    are bit for bit the two separate launches, amax rows and tensor scales included."""
+def ms_eden_gemm_launches(rotation: torch.Tensor, generator: torch.Generator) -> None:
+    """The operands of both backward GEMMs (dgrad: ``g`` and the saved weight; wgrad: ``g^T``
+    and the saved input; the saved operands' last row tiles are partial), amax pass of all four
+    in one launch, quantize pass of all four or of each GEMM's two in one launch, are bit for bit
+    four separate launches, amax rows and tensor scales included; so is one GEMM alone."""
     g = _inputs(128, 256, torch.float32, generator).bfloat16()
     weight = quantize(_inputs(256, 48, torch.float32, generator), four_over_six=True).fp4
     x = quantize(_inputs(128, 80, torch.float32, generator), four_over_six=True).fp4
-    seeds = list(torch.randint(0, 2**62, (2,), generator=generator).unbind())
-    for a_transpose, b in ((False, weight), (True, x)):
-        stats, separate_stats = torch.zeros(3, 2), torch.zeros(3, 2)
-        pair = ms_eden_pair(g, b, rotation, seeds, stats, 1, a_transpose=a_transpose, codes=True, unscaled_bf16=True)
-        separate = (
-            ms_eden(
-                g, rotation, seeds[0], transpose=a_transpose, unscaled_bf16=True, stats=separate_stats, stats_row=1
-            ),
-            ms_eden(b, rotation, seeds[1], transpose=True, unscaled_bf16=True, stats=separate_stats, stats_row=2),
-        )
-        assert torch.equal(stats, separate_stats) and stats[1:, 0].min() > 0 and torch.equal(stats[0], torch.zeros(2))
-        for together, alone in zip(pair, separate, strict=True):
-            assert_same_fp4(together.fp4, alone.fp4)
-            assert torch.equal(together.unscaled_bf16, alone.unscaled_bf16)
+    seeds = list(torch.randint(0, 2**62, (4,), generator=generator).unbind())
+    operands = [
+        Operand(g, seeds[0], False, codes=True, unscaled_bf16=True),
+        Operand(weight, seeds[1], True, codes=True, unscaled_bf16=True),
+        Operand(g, seeds[2], True, codes=True, unscaled_bf16=True),
+        Operand(x, seeds[3], True, codes=True, unscaled_bf16=True),
+    ]
+    for count, per_launch in ((4, 2), (4, 1), (2, 2)):
+        stats, separate_stats = torch.zeros(4, 2), torch.zeros(4, 2)
+        gemms = [tuple(operands[i : i + 2]) for i in range(0, count, 2)]
+        with configs.override("ms_eden_quantize", {"GEMMS": per_launch}):
+            together = [q for pair in ms_eden_gemms(gemms, rotation, stats) for q in pair]
+        options = {"unscaled_bf16": True, "stats": separate_stats}
+        separate = [
+            ms_eden(op.source, rotation, op.seed, transpose=op.transpose, stats_row=row, **options)
+            for row, op in enumerate(operands[:count])
+        ]
+        assert torch.equal(stats, separate_stats) and stats[:count, 0].min() > 0
+        assert torch.equal(stats[count:], torch.zeros(4 - count, 2))
+        for launched, alone in zip(together, separate, strict=True):
+            assert_same_fp4(launched.fp4, alone.fp4)
+            assert torch.equal(launched.unscaled_bf16, alone.unscaled_bf16)
+            assert torch.equal(launched.tensor_scale, alone.tensor_scale)
 
 
 def nvidia_stage(generator: torch.Generator) -> None:

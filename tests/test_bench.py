@@ -506,17 +506,25 @@ def test_launch_queue_times_issue_and_completion(tmp_path):
 def test_ms_eden_tiles_counts_programs_per_sm_and_sums_the_model():
     """Registers are allocated per warp in units of 256: 128 registers leave two programs of 8
     warps per H100 SM, 129 one; shared memory and threads bound the rest. Model totals weight
-    every pair launch by how many such linears a layer has."""
+    every linear's launches by how many such linears a layer has, per launch structure and
+    configuration measured."""
     study = _bench_script("ms_eden_tiles")
     assert [study.programs_per_sm(r, 49152, 8) for r in (64, 100, 128, 129, 168)] == [4, 2, 2, 1, 1]
     assert study.programs_per_sm(32, 100_000, 4) == 2 and study.programs_per_sm(16, 0, 8) == 8
     assert study._linears("1024x256:2,2816x1024:1") == {(1024, 256): 2, (2816, 1024): 1}
     candidate = study.CANDIDATES[0]
-    rows = [{**candidate, "per_layer": n, "amax_us": 10.0 * n, "quantize_us": 30.0} for n in (1, 2)]
+    together, separate = list(study.LAUNCHES)[0], list(study.LAUNCHES)[-1]
+    rows = [{**candidate, "launches": together, "per_layer": n, "amax_us": 10.0 * n, "quantize_us": 30.0}
+            for n in (1, 2)]  # fmt: skip
+    rows.append({**study.CANDIDATES[1], "launches": separate, "per_layer": 1, "amax_us": 5.0, "quantize_us": 1.0})
     totals = study._totals(rows, layers=8)
+    assert [(t["launches"], t["MAX_TILES"]) for t in totals] == [
+        (together, candidate["MAX_TILES"]),
+        (separate, study.CANDIDATES[1]["MAX_TILES"]),
+    ]
     assert totals[0]["amax_ms"] == pytest.approx(8 * (10 + 2 * 20) / 1e3)
     assert totals[0]["quantize_ms"] == pytest.approx(8 * 3 * 30 / 1e3)
-    assert all(t["amax_ms"] == 0 for t in totals[1:])
+    assert totals[1]["amax_ms"] == pytest.approx(8 * 5 / 1e3)
 
 
 def test_kernel_resources_compiles_the_passes_as_launches_specialize_them():
@@ -530,7 +538,7 @@ def test_kernel_resources_compiles_the_passes_as_launches_specialize_them():
     specialized, constants, aligned = study._specialized(signature, constexprs, ("a_stride_c",))
     assert constants["a_stride_c"] == 1 and constants["stride_rot_k"] == 1 and constants["TILES"] == 2
     assert "a_stride_c" not in specialized and "b_stride_c" in specialized and "a_stride_r" in aligned
-    assert "a_src_ptr" in aligned and "b_src_scales_ptr" in aligned and "a_programs" not in aligned
+    assert "a_src_ptr" in aligned and "b_src_scales_ptr" in aligned and "a_end" not in aligned
     assert not [name for name in aligned if "seed" in name] and "value_max" not in aligned
     _, signature, constexprs = study.quantize_launch(True, FOUR_OVER_SIX=False, TILE_2D=False, BLOCK_R=8, BLOCK_C=256)
     specialized, constants, _ = study._specialized(signature, constexprs, ("a_stride_c", "b_stride_c"))

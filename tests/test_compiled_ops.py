@@ -15,6 +15,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from quartet_bench.models import Llama, LlamaConfig
 from quartet_compile import QuartetConfig, backend
+from quartet_compile.kernels.configs import config
 from quartet_compile.ops import Implementation, quantized_linear, routing
 
 triton = pytest.importorskip("triton")
@@ -144,8 +145,9 @@ def test_the_backward_is_kernel_launches_with_its_seeds_drawn_in_the_graph(recip
     assert not [t for t in targets if "quartet" in t]
     assert len(_random_draws(graph)) == 1, targets  # every seed and the rotation's signs in one draw
     kernels = _launched_kernels(graph)
-    # An amax and a quantize pass per GEMM's operand pair (MS-EDEN) or per operand (nvidia).
-    passes = {"quartet2": 4, "nvidia": 6}[recipe]
+    # MS-EDEN: one amax pass for both GEMMs' operands, a quantize pass per GEMMS operand pairs;
+    # nvidia: an amax and a quantize pass per operand.
+    passes = {"quartet2": 1 + 2 // config("ms_eden_quantize")["GEMMS"], "nvidia": 6}[recipe]
     assert kernels.count(quantizer) == passes and kernels.count("_rotation_kernel") == 1, kernels
     assert "aten.zeros.default" not in targets  # the rotation's launch zeroes the amax rows
     assert not _unwritten_buffers(graph)
@@ -184,7 +186,8 @@ def test_an_input_read_by_several_launches_is_realized_once(a_hopper_target):
         )
 
     (graph,) = _traced_graphs(backward, torch.randn(256, 384, dtype=torch.bfloat16), *saved[2:])
-    sources = _launch_inputs(graph, "_ms_eden_kernel", "a_src_ptr")  # g, and g^T for the weight gradient
+    # g, and g^T for the weight gradient: slot a, and slot c where a launch takes both GEMMs.
+    sources = [n for slot in "ac" for n in _launch_inputs(graph, "_ms_eden_kernel", f"{slot}_src_ptr") if n is not None]
     roots = {source.args[0] if "permute" in str(source.target) else source for source in sources}
     assert len(sources) == 4 and len(roots) == 1
     assert "inductor_force_stride_order" in str(next(iter(roots)).target)

@@ -16,7 +16,10 @@ import triton.language as tl  # noqa: E402
 
 from quartet_bench.studies.kernel_resources import (  # noqa: E402
     CUOBJDUMP,
+    GRADIENT,
     MS_EDEN_SIGNATURE,
+    SAVED,
+    _row,
     compile_kernel,
     cubin_resources,
     ms_eden_launch,
@@ -167,7 +170,7 @@ def test_quantize_kernel_ptx_rounds_exactly(four_over_six, tile_2d):
 
 
 def test_ms_eden_kernel_ptx_rounds_exactly():
-    kernel, signature, constexprs = ms_eden_launch({"PACKED": False, "STORE_CODES": True, "STORE_DEQ": True}, None)
+    kernel, signature, constexprs = ms_eden_launch({"PACKED": False, "STORE_CODES": True, "STORE_DEQ": True})
     ptx = _assert_exact_rounding(kernel, signature, constexprs)
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
     # The rotation's columns are loaded in accumulator order, so every 16-block lies in one
@@ -176,11 +179,28 @@ def test_ms_eden_kernel_ptx_rounds_exactly():
     assert len(re.findall(r"shfl\.sync", ptx)) <= 8
 
 
+def test_ms_eden_slots_do_not_add_registers():
+    """A launch over two or four MS-EDEN operands (one backward GEMM's, or a layer's) compiles the
+    quantize pass to the registers of a one-operand launch: each program runs one slot, chosen by
+    an ``if``/``else`` chain (with independent conditions per slot, two slots took 168 registers
+    instead of 128, one program per Hopper SM instead of two, with Triton 3.6 and 3.9)."""
+    _needs_cuobjdump()
+    warps = config("ms_eden_quantize")["num_warps"]
+    one = _row("one", ms_eden_launch(GRADIENT, tiles=2), ("a_stride_c",), 90, warps)
+    for slots, unit_strides in (
+        ((GRADIENT, SAVED), ("a_stride_c",)),
+        ((GRADIENT, SAVED) * 2, ("a_stride_c", "c_stride_r")),
+    ):
+        several = _row("several", ms_eden_launch(*slots, tiles=2), unit_strides, 90, warps)
+        assert several["registers"] <= one["registers"] and several["spilled_bytes"] == 0, (len(slots), one, several)
+        assert several["instructions"] > (len(slots) - 1) * one["instructions"]  # every slot's body was compiled
+
+
 def test_statistics_are_published_with_relaxed_atomics():
     """The amax passes' atomics are relaxed, with no GPU-scope fence before them: only a later
     launch reads the statistics, and Triton's default acquire-release atomic fences the loads of
     the tiles still in flight (the MS-EDEN amax pass and the forward's statistics kernel)."""
-    kernel, signature, constexprs = ms_eden_launch({"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True}, None)
+    kernel, signature, constexprs = ms_eden_launch({"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True})
     ms_eden_amax = compile_kernel(
         kernel, signature, {**constexprs, "AMAX_PASS": True}, 90, num_warps=8, **quantize.EXACT
     )

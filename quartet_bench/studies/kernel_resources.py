@@ -117,54 +117,62 @@ MS_EDEN_SIGNATURE = {
     "value_max": "fp32",
     "value_max_times_scale_max": "fp32",
 }
-"""One operand's arguments of ``ms_eden._ms_eden_kernel`` and the ones its slots share."""
+"""One operand's arguments of ``ms_eden._ms_eden_kernel`` (also the ``nvidia`` kernel's, which
+takes one operand) and the ones its slots share."""
 
 MS_EDEN_SHARED = (
     "rotation_ptr",
     "stride_rot_k",
     "stride_rot_n",
     "stats_ptr",
+    "stats_row",
+    "rotated_ptr",
+    "uniforms_ptr",
     "value_max",
     "value_max_times_scale_max",
 )
 
 
-def two_slot_launch(kernel, signature: dict, shared: tuple, a: dict, b: dict | None, constexprs: dict) -> tuple:
-    """Signature and constexprs of a kernel that takes one operand (slot ``a``) or two (``TWO``)
-    per launch: ``signature`` lists one operand's arguments and the ``shared`` ones, ``a`` and
-    ``b`` each slot's constexprs (a ``PACKED`` source is uint8)."""
+def slot_launch(
+    kernel, signature: dict, shared: tuple, slots: list[dict | None], boundary: str, constexprs: dict
+) -> tuple:
+    """Signature and constexprs of a kernel that takes its operands in slots ``a``, ``b``, ...:
+    ``signature`` lists one operand's arguments and the ``shared`` ones, ``slots`` each slot's
+    constexprs (``None``: a slot the launch leaves empty; a ``PACKED`` source is uint8), and
+    ``boundary`` names the program count that follows every slot but the last."""
     launch_signature = {k: signature[k] for k in shared}
-    launch_constexprs = {"TWO": b is not None, **constexprs}
-    for prefix, slot in (("a", a), ("b", b)):
+    launch_constexprs = dict(constexprs)
+    first = slots[0]
+    for i, slot in enumerate(slots):
+        prefix = "abcd"[i]
         for k in (k for k in signature if k not in shared):
             if slot is None:
                 launch_constexprs[f"{prefix}_{k}"] = None
             else:
                 packed_source = k in ("src_ptr", "x_ptr") and slot.get("PACKED")
                 launch_signature[f"{prefix}_{k}"] = "*u8" if packed_source else signature[k]
-        if prefix == "a":
-            launch_signature["a_programs"] = "i32"
-        launch_constexprs.update({f"{prefix.upper()}_{k}": v for k, v in (slot or a).items()})
+        if i < len(slots) - 1:
+            launch_signature[f"{prefix}_{boundary}"] = "i32"
+        launch_constexprs.update({f"{prefix.upper()}_{k}": v for k, v in (slot or first).items()})
     return kernel, launch_signature, launch_constexprs
 
 
 def quantize_launch(two: bool, **constexprs) -> tuple:
     """``_quantize_kernel`` writing codes and the bf16 operand, for one operand or two."""
     slot = {"STORE_CODES": True, "STORE_DEQ": True}
-    return two_slot_launch(
-        quantize._quantize_kernel, QUANTIZE_SIGNATURE, QUANTIZE_SHARED, slot, slot if two else None, constexprs
-    )
+    return slot_launch(quantize._quantize_kernel, QUANTIZE_SIGNATURE, QUANTIZE_SHARED, [slot, slot if two else None],
+                       "programs", {"TWO": two, **constexprs})  # fmt: skip
 
 
-def ms_eden_launch(a: dict, b: dict | None, *, amax_pass: bool = False, tiles: int | None = None) -> tuple:
-    """``_ms_eden_kernel``'s quantize (or amax) pass over operand ``a`` and optionally ``b`` in
-    the same launch, each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``;
-    the shipped row tile, and ``tiles`` row tiles per program (the shipped most by default)."""
+def ms_eden_launch(*slots: dict, amax_pass: bool = False, tiles: int | None = None) -> tuple:
+    """``_ms_eden_kernel``'s quantize (or amax) pass over one to four operands in one launch,
+    each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``; the shipped row tile,
+    and ``tiles`` row tiles per program (the shipped most by default)."""
     shipped = config("ms_eden_amax" if amax_pass else "ms_eden_quantize")
-    constexprs = {"AMAX_PASS": amax_pass, "EMULATED": False, "DEBUG": False, "BLOCK_R": shipped["BLOCK_R"],
-                  "TILES": tiles or shipped["MAX_TILES"]}  # fmt: skip
-    slots = [None if slot is None else {**slot, "SPLITS": 1} for slot in (a, b)]
-    return two_slot_launch(ms_eden._ms_eden_kernel, MS_EDEN_SIGNATURE, MS_EDEN_SHARED, *slots, constexprs)
+    constexprs = {"AMAX_PASS": amax_pass, "SLOTS": len(slots), "EMULATED": False, "DEBUG": False,
+                  "BLOCK_R": shipped["BLOCK_R"], "TILES": tiles or shipped["MAX_TILES"]}  # fmt: skip
+    filled = [{**slot, "SPLITS": 1} for slot in slots] + [None] * (ms_eden.MAX_SLOTS - len(slots))
+    return slot_launch(ms_eden._ms_eden_kernel, MS_EDEN_SIGNATURE, MS_EDEN_SHARED, filled, "end", constexprs)
 
 
 GRADIENT = {"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True}
@@ -172,14 +180,16 @@ SAVED = {"PACKED": True, "STORE_CODES": False, "STORE_DEQ": True}
 """The Hopper backward's two kinds of MS-EDEN operand: the bf16 gradient and a saved FP4 tensor."""
 
 MS_EDEN_OPERANDS = {
-    "g (dgrad)": (GRADIENT, None, ("a_stride_c",)),
-    "g^T (wgrad, strided)": (GRADIENT, None, ("a_stride_r",)),
-    "saved FP4": (SAVED, None, ()),
-    "g + saved W^T (dgrad pair)": (GRADIENT, SAVED, ("a_stride_c",)),
-    "g^T + saved x^T (wgrad pair)": (GRADIENT, SAVED, ("a_stride_r",)),
+    "g (dgrad)": ((GRADIENT,), ("a_stride_c",)),
+    "g^T (wgrad, strided)": ((GRADIENT,), ("a_stride_r",)),
+    "saved FP4": ((SAVED,), ()),
+    "g + saved W^T (dgrad pair)": ((GRADIENT, SAVED), ("a_stride_c",)),
+    "g^T + saved x^T (wgrad pair)": ((GRADIENT, SAVED), ("a_stride_r",)),
+    "both pairs": ((GRADIENT, SAVED, GRADIENT, SAVED), ("a_stride_c", "c_stride_r")),
 }
 """Operand layouts of the backward's MS-EDEN launches: slots, and the strides that are 1 (a
-constant in the compiled kernel, as launches specialize it)."""
+constant in the compiled kernel, as launches specialize it). The backward launches the amax
+pass over both pairs, the quantize pass over each pair."""
 
 
 def _specialized(
@@ -219,9 +229,9 @@ def measure(arch: int, tiles: tuple[int, ...] = (1, 2, 4), operands: dict = MS_E
     rows = []
     for amax_pass in (True, False):
         warps = config("ms_eden_amax" if amax_pass else "ms_eden_quantize")["num_warps"]
-        for name, (a, b, unit_strides) in operands.items():
+        for name, (slots, unit_strides) in operands.items():
             for count in tiles:
-                launch = ms_eden_launch(a, b, amax_pass=amax_pass, tiles=count)
+                launch = ms_eden_launch(*slots, amax_pass=amax_pass, tiles=count)
                 label = f"MS-EDEN {'amax' if amax_pass else 'quantize'}: {name}, {count} tile{'s' * (count > 1)}"
                 rows.append(_row(label, launch, unit_strides, arch, warps))
     shipped = config("quantize")

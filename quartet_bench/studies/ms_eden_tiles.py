@@ -1,13 +1,17 @@
 """Launch shapes of MS-EDEN's two passes (CUDA): the backward quantizer's amax and quantize
 passes timed on their own at the operand shapes of a model's linears, for several tile heights,
 warps and row tiles per program, with each compiled kernel's registers and shared memory and
-the programs of it that one SM holds. The ``ms_eden_amax`` and ``ms_eden_quantize`` entries of
-``kernels/configs.py`` are read off its model totals; its per-operand table shows what each
-operand of a backward GEMM costs alone.
+the programs of it that one SM holds, and the ways of grouping a backward's operands into
+launches. The ``ms_eden_amax`` and ``ms_eden_quantize`` entries of ``kernels/configs.py`` are
+read off its model totals; its per-operand table shows what each operand of a backward GEMM costs
+alone.
 
     python -m quartet_bench.studies.ms_eden_tiles --out bench/results
-    ncu -k regex:_ms_eden_kernel --launch-skip 4 --launch-count 4 \
+    ncu -k regex:_ms_eden_kernel --launch-skip 2 --launch-count 2 \
         python -m quartet_bench.studies.ms_eden_tiles --profile-case   # the passes under Nsight Compute
+
+(``--launch-skip`` and ``--launch-count``: the shipped launches of one backward, two with one
+quantize launch for both GEMMs.)
 
 Defaults: the 156M Llama of the step profile (hidden 1024, GQA with 4 of 16 heads, MLP 2816,
 8 layers, 8 x 1024 tokens). Every pass writes the bf16 operand of the Hopper GEMM.
@@ -25,7 +29,7 @@ import torch
 from quartet_compile.kernels import launch as launch_module
 from quartet_compile.kernels import ms_eden as ms_eden_module
 from quartet_compile.kernels.configs import config, multiprocessors, override
-from quartet_compile.kernels.ms_eden import ms_eden, ms_eden_pair, tiles_per_program
+from quartet_compile.kernels.ms_eden import Operand, ms_eden, ms_eden_gemms, tiles_per_program
 from quartet_compile.kernels.quantize import quantize
 from quartet_compile.kernels.rotation import rotation_matrix
 from quartet_compile.nvfp4.randomness import random_signs
@@ -119,18 +123,47 @@ def _operands(tokens: int, features_in: int, features_out: int, device: torch.de
     return {"g": g, "xq": quantize(x, four_over_six=True).fp4, "wq": quantize(w, four_over_six=True).fp4}
 
 
-def _pairs(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
-    """The two backward GEMMs' operand pairs, as the layer launches them."""
-    stats = torch.zeros(4, 2, device=rotation.device)
+def _gemms(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> tuple[tuple[Operand, Operand], ...]:
+    """The two backward GEMMs' operands (dgrad: g and the saved W^T; wgrad: g^T and the saved
+    x^T), as the layer gives them."""
     options = {"codes": False, "unscaled_bf16": True}
-    return {
-        "dgrad: g, W^T": lambda: ms_eden_pair(
-            ops["g"], ops["wq"], rotation, seeds, stats, 0, a_transpose=False, **options
-        ),
-        "wgrad: g^T, x^T": lambda: ms_eden_pair(
-            ops["g"], ops["xq"], rotation, seeds, stats, 2, a_transpose=True, **options
-        ),
-    }
+    return (
+        (Operand(ops["g"], seeds[0], False, **options), Operand(ops["wq"], seeds[1], True, **options)),
+        (Operand(ops["g"], seeds[2], True, **options), Operand(ops["xq"], seeds[3], True, **options)),
+    )
+
+
+LAUNCHES = {
+    "one launch per pass": (2, False, (True, False)),
+    "quantize per GEMM": (1, False, (True, False, False)),
+    "both passes per GEMM": (1, True, (True, False, True, False)),
+}
+"""How the backward launches its MS-EDEN passes: the GEMMs per quantize launch (``GEMMS``),
+whether each GEMM's operands take an amax launch of their own (the layout before the four-operand
+amax pass), and which of the launches are amax passes. The amax pass of the first two takes all
+four operands."""
+
+
+def _shipped_launches() -> str:
+    """The entry of :data:`LAUNCHES` that the shipped configuration launches."""
+    per_launch = config(PASSES[1])["GEMMS"]
+    return next(name for name, (n, separate, _) in LAUNCHES.items() if n == per_launch and not separate)
+
+
+def _launch_fns(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    stats = torch.zeros(4, 2, device=rotation.device)
+    gemms = _gemms(ops, rotation, seeds)
+
+    def launches(per_launch: int, separate: bool) -> Callable[[], object]:
+        def fn() -> object:
+            with override(PASSES[1], {"GEMMS": per_launch}):
+                if separate:
+                    return [list(ms_eden_gemms([gemm], rotation, stats)) for gemm in gemms]
+                return list(ms_eden_gemms(gemms, rotation, stats))
+
+        return fn
+
+    return {name: launches(per_launch, separate) for name, (per_launch, separate, _) in LAUNCHES.items()}
 
 
 def _alone(ops: dict, rotation: torch.Tensor, seed: torch.Tensor) -> dict[str, tuple[Callable[[], object], int]]:
@@ -154,30 +187,33 @@ def _tiles(shape_rows: list[tuple[int, int]], cfg: dict, sms: int) -> int:
 
 def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device: torch.device) -> dict:
     rotation = rotation_matrix(random_signs(128, None, device))
-    seeds = list(torch.randint(0, 2**62, (2,), device=device).unbind())
+    seeds = list(torch.randint(0, 2**62, (4,), device=device).unbind())
     sms = multiprocessors(device)
+    shipped = {k: config(PASSES[1], device)[k] for k in CANDIDATES[0]}
     rows, alone = [], []
     for (features_in, features_out), count in linears.items():
         ops = _operands(tokens, features_in, features_out, device)
-        launches = {
-            "dgrad: g, W^T": [(tokens, features_out // 128), (features_in, features_out // 128)],
-            "wgrad: g^T, x^T": [(features_out, tokens // 128), (features_in, tokens // 128)],
-        }
+        shapes = [(tokens, features_out // 128), (features_in, features_out // 128),
+                  (features_out, tokens // 128), (features_in, tokens // 128)]  # fmt: skip
         for candidate in CANDIDATES:
             with _both_passes(candidate):
-                cfg = config(PASSES[1], device)
-                for case, fn in _pairs(ops, rotation, seeds).items():
+                for name, fn in _launch_fns(ops, rotation, seeds).items():
+                    if name != _shipped_launches() and candidate != shipped:
+                        continue
                     compiled = compiled_passes(fn, device)
-                    amax_us, quantize_us = pass_times_us(fn)
+                    is_amax = LAUNCHES[name][2]
+                    times = pass_times_us(fn)
                     row = {
                         "in": features_in,
                         "out": features_out,
                         "per_layer": count,
-                        "case": case,
+                        "launches": name,
                         **candidate,
-                        "tiles": _tiles(launches[case], cfg, sms),
-                        "amax_us": amax_us,
-                        "quantize_us": quantize_us,
+                        "amax_tiles": _tiles(
+                            shapes if is_amax.count(True) == 1 else shapes[:2], config(PASSES[0], device), sms
+                        ),
+                        "amax_us": sum(t for t, amax in zip(times, is_amax, strict=True) if amax),
+                        "quantize_us": sum(t for t, amax in zip(times, is_amax, strict=True) if not amax),
                         "compiled": compiled,
                     }
                     rows.append(row)
@@ -196,21 +232,25 @@ def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device:
             )
             print(alone[-1], flush=True)
         del ops
-    return {"pairs": rows, "alone": alone, "totals": _totals(rows, layers)}
+    return {"launches": rows, "alone": alone, "totals": _totals(rows, layers)}
 
 
 def _totals(rows: list[dict], layers: int) -> list[dict]:
-    """Per candidate, each pass's time over every backward pair of the model, in ms per step."""
+    """Per launch structure and candidate, each pass's time over every linear's backward, in ms per
+    step."""
     totals = []
-    for candidate in CANDIDATES:
-        mine = [r for r in rows if all(r[k] == v for k, v in candidate.items())]
-        totals.append(
-            {
-                **candidate,
-                "amax_ms": layers * sum(r["per_layer"] * r["amax_us"] for r in mine) / 1e3,
-                "quantize_ms": layers * sum(r["per_layer"] * r["quantize_us"] for r in mine) / 1e3,
-            }
-        )
+    for name in LAUNCHES:
+        for candidate in CANDIDATES:
+            mine = [r for r in rows if r["launches"] == name and all(r[k] == v for k, v in candidate.items())]
+            if mine:
+                totals.append(
+                    {
+                        "launches": name,
+                        **candidate,
+                        "amax_ms": layers * sum(r["per_layer"] * r["amax_us"] for r in mine) / 1e3,
+                        "quantize_ms": layers * sum(r["per_layer"] * r["quantize_us"] for r in mine) / 1e3,
+                    }
+                )
     return totals
 
 
@@ -222,12 +262,16 @@ def _markdown(results: dict, meta: dict) -> str:
     lines = [*report.markdown_header("MS-EDEN launch shapes", meta)]
     lines += [
         f"{meta['tokens']} tokens, {meta['layers']} layers; linears (in, out) x per layer: {meta['linears']}. "
-        "Model totals: each pass summed over both backward pairs of every linear, ms per step.",
+        "Model totals: each pass summed over the backward of every linear, ms per step. Launches: one "
+        "launch per pass over both GEMMs' four operands; one amax launch over the four, then a quantize "
+        "launch per GEMM; or each GEMM's two passes on their own. The launch configurations are swept "
+        f"for the shipped launches ({_shipped_launches()}).",
         "",
         report.markdown_table(
-            ["config", "amax ms", "quantize ms", "both ms"],
+            ["launches", "config", "amax ms", "quantize ms", "both ms"],
             [
                 [
+                    r["launches"],
                     _config_cell(r),
                     f"{r['amax_ms']:.2f}",
                     f"{r['quantize_ms']:.2f}",
@@ -237,23 +281,23 @@ def _markdown(results: dict, meta: dict) -> str:
             ],
         ),
         "",
-        "Each pair launch (us); tiles: row tiles per program taken; registers and programs per SM of "
-        "the amax / quantize kernels.",
+        "Each linear's backward launches (us, summed per pass); amax tiles: row tiles per program of "
+        "the (first) amax launch; registers and programs per SM of each compiled kernel, in launch order.",
         "",
         report.markdown_table(
-            ["in, out", "pair", "config", "tiles", "amax us", "quantize us", "registers", "programs / SM"],
+            ["in, out", "launches", "config", "amax tiles", "amax us", "quantize us", "registers", "programs / SM"],
             [
                 [
                     f"{r['in']}, {r['out']}",
-                    r["case"],
+                    r["launches"],
                     _config_cell(r),
-                    str(r["tiles"]),
+                    str(r["amax_tiles"]),
                     f"{r['amax_us']:.1f}",
                     f"{r['quantize_us']:.1f}",
                     " / ".join(str(c["registers"]) for c in r["compiled"]),
                     " / ".join(str(c["programs_per_sm"]) for c in r["compiled"]),
                 ]
-                for r in results["pairs"]
+                for r in results["launches"]
             ],
         ),
         "",
@@ -277,15 +321,14 @@ def _markdown(results: dict, meta: dict) -> str:
 
 
 def profile_case(tokens: int, linears: dict[tuple[int, int], int], device: torch.device) -> None:
-    """Both pairs of the largest linear, launched twice with the shipped configuration: a short
-    program for a profiler to attach to (the first round compiles)."""
+    """The largest linear's backward MS-EDEN launches, twice, with the shipped configuration: a
+    short program for a profiler to attach to (the first round compiles)."""
     features_in, features_out = max(linears, key=lambda shape: shape[0] * shape[1])
     ops = _operands(tokens, features_in, features_out, device)
     rotation = rotation_matrix(random_signs(128, None, device))
-    pairs = _pairs(ops, rotation, list(torch.randint(0, 2**62, (2,), device=device).unbind()))
+    fn = _launch_fns(ops, rotation, list(torch.randint(0, 2**62, (4,), device=device).unbind()))[_shipped_launches()]
     for _ in range(2):
-        for fn in pairs.values():
-            fn()
+        fn()
     torch.cuda.synchronize()
 
 
@@ -311,7 +354,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--name", default="ms-eden-tiles")
-    parser.add_argument("--profile-case", action="store_true", help="only launch the largest linear's pairs twice")
+    parser.add_argument(
+        "--profile-case", action="store_true", help="only launch the largest linear's backward MS-EDEN passes twice"
+    )
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)

@@ -25,9 +25,11 @@ _TABLE: dict[str, dict[str, dict[str, Any]]] = {
     "quantize_tile_2d": {DEFAULT: {"BLOCK_R": 16, "BLOCK_C": 128, "num_warps": 4}},
     # MS-EDEN, one entry per pass: each program owns one 128-column group and up to MAX_TILES
     # tiles of BLOCK_R rows of it, as many as leave PROGRAMS_PER_SM programs per SM
-    # (ms_eden.tiles_per_program). No register cap: Inductor's launches drop one.
+    # (ms_eden.tiles_per_program). No register cap: Inductor's launches drop one. The amax pass
+    # takes the operands of all of a backward's GEMMs in one launch, the quantize pass those of
+    # GEMMS of them (ms_eden.ms_eden_gemms).
     "ms_eden_amax": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "num_warps": 8}},
-    "ms_eden_quantize": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "num_warps": 8}},
+    "ms_eden_quantize": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "GEMMS": 2, "num_warps": 8}},
     # nvidia recipe's backward quantizers: a rotated tile is one [BLOCK_R * BLOCK_C / 16, 16] x
     # [16, 16] tensor-core product.
     "nvidia": {DEFAULT: {"BLOCK_R": 32, "BLOCK_C": 128, "num_warps": 4}},

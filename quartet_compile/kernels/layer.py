@@ -22,13 +22,12 @@ also zeroes the amax rows of all the backward's quantizers; the forward's two qu
 one zeroed buffer.
 
 A GEMM's two operands are quantized together, one launch per pass for both
-(:func:`.quantize.quantize_pair`, :func:`.ms_eden.ms_eden_pair`): launches, not bytes, set the
-host time of a compiled step at ordinary model sizes.
+(:func:`.quantize.quantize_pair`, :func:`.ms_eden.ms_eden_gemms`), and the MS-EDEN amax pass of
+both backward GEMMs' operands takes one launch: launches, not bytes, set the host time of a
+compiled step at ordinary model sizes.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -41,7 +40,7 @@ from .blackwell import NATIVE_K_MULTIPLE, dot_scaled_gemm
 from .dequantize import dequantize_unscaled
 from .gemm import unscaled_gemm
 from .launch import realized
-from .ms_eden import ms_eden_pair
+from .ms_eden import Operand, ms_eden_gemms
 from .nvidia import nvidia_quantize
 from .quantize import Quantized, quantize, quantize_pair, stats_scratch
 from .rotation import random_rotation
@@ -108,24 +107,6 @@ def forward(
     return nvfp4_gemm(xq, wq, x.dtype, bias), saved
 
 
-def _ms_eden_gemm(
-    a: Tensor,
-    a_transpose: bool,
-    b: NVFP4Tensor,
-    rotation: Tensor,
-    seeds: Sequence[Tensor],
-    stats: Tensor,
-    stats_row: int,
-    out_dtype: torch.dtype,
-    native: bool,
-) -> Tensor:
-    """``MS-EDEN(a) MS-EDEN(deq(b)^T)^T``, both rotated by ``rotation`` along the reduction;
-    ``seeds``: two 0-d seed tensors; ``stats``: zeroed amax rows ``stats_row`` and the next."""
-    aq, bq = ms_eden_pair(a, b, rotation, seeds, stats, stats_row, a_transpose=a_transpose,
-                          **operands(native, b.codes.shape[0]))  # fmt: skip
-    return nvfp4_gemm(aq, bq, out_dtype)
-
-
 def _randomness(count: int, source: RandomSource, grad: Tensor) -> list[Tensor]:
     """``count`` int64 Philox seeds as 0-d device tensors, in one draw from ``source``: one per
     stochastically quantized operand, then one for the rotation signs.
@@ -143,16 +124,22 @@ def _randomness(count: int, source: RandomSource, grad: Tensor) -> list[Tensor]:
 
 def _backward_ms_eden(grad, saved, dtypes, needs, source, native):
     """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T). One draw of
-    five seeds; the rotation's launch also zeroes the four amax rows."""
+    five seeds; the rotation's launch also zeroes the four amax rows; one amax launch for the
+    operands of both GEMMs."""
     seeds = _randomness(5, source, grad)
     stats = torch.empty(4, 2, dtype=torch.float32, device=grad.device)
     rotation = random_rotation(EDEN_GROUP, seeds[4], zero=stats)
-    dx = dw = None
+    gemms = {}
     if needs[0]:
-        dx = _ms_eden_gemm(grad, False, saved.wq, rotation, seeds[:2], stats, 0, dtypes[0], native)
+        route = operands(native, saved.wq.codes.shape[0])
+        gemms[0] = (Operand(grad, seeds[0], False, **route), Operand(saved.wq, seeds[1], True, **route))
     if needs[1]:
-        dw = _ms_eden_gemm(grad, True, saved.xq, rotation, seeds[2:4], stats, 2, dtypes[1], native)
-    return dx, dw
+        route = operands(native, saved.xq.codes.shape[0])
+        gemms[1] = (Operand(grad, seeds[2], True, **route), Operand(saved.xq, seeds[3], True, **route))
+    grads: list[Tensor | None] = [None, None]
+    for i, (aq, bq) in zip(gemms, ms_eden_gemms(list(gemms.values()), rotation, stats), strict=True):
+        grads[i] = nvfp4_gemm(aq, bq, dtypes[i])
+    return grads[0], grads[1]
 
 
 def _dequantized_gemm(a: Tensor, saved: NVFP4Tensor, scale_a: Tensor, out_dtype: torch.dtype) -> Tensor:

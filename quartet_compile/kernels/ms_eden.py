@@ -16,8 +16,9 @@ pass and a quantize pass that recomputes the (cheap) rotation instead of storing
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,190 +253,131 @@ def _ms_eden_program(
         publish_stats(top, below, stats_ptr)
 
 
+SLOT_ARGS = 12
+"""Runtime arguments of one operand (slot) of :func:`_ms_eden_kernel`, in order: the source, its
+E4M3 scales and tensor scale (a saved FP4 source), rows, columns, the two strides, the seed, and
+the four outputs (codes, scales, bf16 operand, tensor scale)."""
+
+MAX_SLOTS = 4
+"""Operands one launch of :func:`_ms_eden_kernel` takes: both operands of both backward GEMMs."""
+
+
+# fmt: off
 @triton.jit
 def _ms_eden_kernel(
-    rotation_ptr,
-    stride_rot_k,
-    stride_rot_n,
-    stats_ptr,
-    value_max,
-    value_max_times_scale_max,
-    a_src_ptr,
-    a_src_scales_ptr,
-    a_src_tensor_scale_ptr,
-    a_rows,
-    a_cols,
-    a_stride_r,
-    a_stride_c,
-    a_stats_row,
-    a_seed_ptr,
-    a_codes_ptr,
-    a_scales_ptr,
-    a_deq_ptr,
-    a_tensor_scale_ptr,
-    a_rotated_ptr,
-    a_uniforms_ptr,
-    a_programs,
-    b_src_ptr,
-    b_src_scales_ptr,
-    b_src_tensor_scale_ptr,
-    b_rows,
-    b_cols,
-    b_stride_r,
-    b_stride_c,
-    b_stats_row,
-    b_seed_ptr,
-    b_codes_ptr,
-    b_scales_ptr,
-    b_deq_ptr,
-    b_tensor_scale_ptr,
-    b_rotated_ptr,
-    b_uniforms_ptr,
+    rotation_ptr, stride_rot_k, stride_rot_n, stats_ptr, stats_row, rotated_ptr, uniforms_ptr,
+    value_max, value_max_times_scale_max,
+    a_src_ptr, a_src_scales_ptr, a_src_tensor_scale_ptr, a_rows, a_cols, a_stride_r, a_stride_c,
+    a_seed_ptr, a_codes_ptr, a_scales_ptr, a_deq_ptr, a_tensor_scale_ptr, a_end,
+    b_src_ptr, b_src_scales_ptr, b_src_tensor_scale_ptr, b_rows, b_cols, b_stride_r, b_stride_c,
+    b_seed_ptr, b_codes_ptr, b_scales_ptr, b_deq_ptr, b_tensor_scale_ptr, b_end,
+    c_src_ptr, c_src_scales_ptr, c_src_tensor_scale_ptr, c_rows, c_cols, c_stride_r, c_stride_c,
+    c_seed_ptr, c_codes_ptr, c_scales_ptr, c_deq_ptr, c_tensor_scale_ptr, c_end,
+    d_src_ptr, d_src_scales_ptr, d_src_tensor_scale_ptr, d_rows, d_cols, d_stride_r, d_stride_c,
+    d_seed_ptr, d_codes_ptr, d_scales_ptr, d_deq_ptr, d_tensor_scale_ptr,
     AMAX_PASS: tl.constexpr,
-    A_PACKED: tl.constexpr,
-    A_SPLITS: tl.constexpr,
-    A_STORE_CODES: tl.constexpr,
-    A_STORE_DEQ: tl.constexpr,
-    B_PACKED: tl.constexpr,
-    B_SPLITS: tl.constexpr,
-    B_STORE_CODES: tl.constexpr,
-    B_STORE_DEQ: tl.constexpr,
-    TWO: tl.constexpr,
-    EMULATED: tl.constexpr,
-    DEBUG: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    TILES: tl.constexpr,
+    A_PACKED: tl.constexpr, A_SPLITS: tl.constexpr, A_STORE_CODES: tl.constexpr, A_STORE_DEQ: tl.constexpr,
+    B_PACKED: tl.constexpr, B_SPLITS: tl.constexpr, B_STORE_CODES: tl.constexpr, B_STORE_DEQ: tl.constexpr,
+    C_PACKED: tl.constexpr, C_SPLITS: tl.constexpr, C_STORE_CODES: tl.constexpr, C_STORE_DEQ: tl.constexpr,
+    D_PACKED: tl.constexpr, D_SPLITS: tl.constexpr, D_STORE_CODES: tl.constexpr, D_STORE_DEQ: tl.constexpr,
+    SLOTS: tl.constexpr, EMULATED: tl.constexpr, DEBUG: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
 ):
-    """One pass over one operand, or over two (``TWO``) in one launch: the first ``a_programs``
-    programs take operand ``a``, the rest operand ``b``, so that a GEMM's two operands cost one
-    launch per pass. Each program loads the rotation (columns in accumulator order)."""
+    """One pass over up to four operands (``SLOTS``) in one launch, both backward GEMMs' operands:
+    programs below ``a_end`` take operand ``a`` (amax row ``stats_row``), the next ones up to
+    ``b_end`` operand ``b`` (the next row), and so on. Each program loads the rotation (columns in
+    accumulator order). The slots are an ``if``/``else`` chain: with independent conditions per
+    slot the compiler keeps the slots' registers apart (Triton 3.6: the quantize pass with two or
+    more row tiles took 168-181 registers instead of 128, one program per SM instead of two)."""
     g = tl.arange(0, 128)
     rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
     p = tl.program_id(0)
-    if p < a_programs:
-        _ms_eden_program(
-            p,
-            a_src_ptr,
-            a_src_scales_ptr,
-            a_src_tensor_scale_ptr,
-            a_rows,
-            a_cols,
-            a_stride_r,
-            a_stride_c,
-            a_stats_row,
-            a_seed_ptr,
-            a_codes_ptr,
-            a_scales_ptr,
-            a_deq_ptr,
-            a_tensor_scale_ptr,
-            a_rotated_ptr,
-            a_uniforms_ptr,
-            stats_ptr,
-            rotation,
-            value_max,
-            value_max_times_scale_max,
-            AMAX_PASS,
-            A_PACKED,
-            A_SPLITS,
-            A_STORE_CODES,
-            A_STORE_DEQ,
-            EMULATED,
-            DEBUG,
-            BLOCK_R,
-            TILES,
-        )
-    if TWO:
-        if p >= a_programs:
-            _ms_eden_program(
-                p - a_programs,
-                b_src_ptr,
-                b_src_scales_ptr,
-                b_src_tensor_scale_ptr,
-                b_rows,
-                b_cols,
-                b_stride_r,
-                b_stride_c,
-                b_stats_row,
-                b_seed_ptr,
-                b_codes_ptr,
-                b_scales_ptr,
-                b_deq_ptr,
-                b_tensor_scale_ptr,
-                b_rotated_ptr,
-                b_uniforms_ptr,
-                stats_ptr,
-                rotation,
-                value_max,
-                value_max_times_scale_max,
-                AMAX_PASS,
-                B_PACKED,
-                B_SPLITS,
-                B_STORE_CODES,
-                B_STORE_DEQ,
-                EMULATED,
-                DEBUG,
-                BLOCK_R,
-                TILES,
-            )
+    if p < a_end:
+        _ms_eden_program(p, a_src_ptr, a_src_scales_ptr, a_src_tensor_scale_ptr, a_rows, a_cols, a_stride_r,
+                         a_stride_c, stats_row, a_seed_ptr, a_codes_ptr, a_scales_ptr, a_deq_ptr, a_tensor_scale_ptr,
+                         rotated_ptr, uniforms_ptr, stats_ptr, rotation, value_max, value_max_times_scale_max,
+                         AMAX_PASS, A_PACKED, A_SPLITS, A_STORE_CODES, A_STORE_DEQ, EMULATED, DEBUG, BLOCK_R, TILES)
+    elif SLOTS > 1:
+        if p < b_end:
+            _ms_eden_program(p - a_end, b_src_ptr, b_src_scales_ptr, b_src_tensor_scale_ptr, b_rows, b_cols,
+                             b_stride_r, b_stride_c, stats_row + 1, b_seed_ptr, b_codes_ptr, b_scales_ptr, b_deq_ptr,
+                             b_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation, value_max,
+                             value_max_times_scale_max, AMAX_PASS, B_PACKED, B_SPLITS, B_STORE_CODES, B_STORE_DEQ,
+                             EMULATED, DEBUG, BLOCK_R, TILES)
+        elif SLOTS > 2:
+            if p < c_end:
+                _ms_eden_program(p - b_end, c_src_ptr, c_src_scales_ptr, c_src_tensor_scale_ptr, c_rows, c_cols,
+                                 c_stride_r, c_stride_c, stats_row + 2, c_seed_ptr, c_codes_ptr, c_scales_ptr,
+                                 c_deq_ptr, c_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation,
+                                 value_max, value_max_times_scale_max, AMAX_PASS, C_PACKED, C_SPLITS, C_STORE_CODES,
+                                 C_STORE_DEQ, EMULATED, DEBUG, BLOCK_R, TILES)
+            elif SLOTS > 3:
+                _ms_eden_program(p - c_end, d_src_ptr, d_src_scales_ptr, d_src_tensor_scale_ptr, d_rows, d_cols,
+                                 d_stride_r, d_stride_c, stats_row + 3, d_seed_ptr, d_codes_ptr, d_scales_ptr,
+                                 d_deq_ptr, d_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation,
+                                 value_max, value_max_times_scale_max, AMAX_PASS, D_PACKED, D_SPLITS, D_STORE_CODES,
+                                 D_STORE_DEQ, EMULATED, DEBUG, BLOCK_R, TILES)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One operand of a backward GEMM: ``source`` (or its transpose with ``transpose``; a saved
+    :class:`NVFP4Tensor` is always re-quantized transposed), the int64 0-d device ``seed`` of its
+    scale rounding, and what the quantizer writes (:func:`.layer.operands`)."""
+
+    source: Tensor | NVFP4Tensor
+    seed: Tensor
+    transpose: bool
+    codes: bool
+    unscaled_bf16: bool
 
 
 @dataclass(frozen=True)
 class _Slot:
-    """One operand of a launch: its runtime arguments and constexprs in the kernel's slot order,
-    its rows and 128-column groups, and the buffers it writes."""
+    """One operand of a launch: its runtime arguments in the kernel's slot order, its constexprs,
+    its rows and 128-column groups, the buffers it writes and its debug buffers."""
 
     args: tuple
     constexprs: dict[str, Any]
     rows: int
     groups: int
     out: Outputs
+    debug: tuple[Tensor | None, Tensor | None]
 
     @classmethod
-    def of(
-        cls,
-        operand: Tensor | NVFP4Tensor,
-        seed: Tensor,
-        *,
-        transpose: bool,
-        codes: bool,
-        unscaled_bf16: bool,
-        stats_row: int,
-        debug: dict[str, Tensor] | None,
-    ) -> _Slot:
-        packed = isinstance(operand, NVFP4Tensor)
+    def of(cls, operand: Operand, debug: dict[str, Tensor] | None = None) -> _Slot:
+        source, transpose = operand.source, operand.transpose
+        packed = isinstance(source, NVFP4Tensor)
         if packed:
             if not transpose:
                 raise ValueError("a saved FP4 operand is re-quantized along its rows: pass transpose=True")
-            cols, rows = operand.codes.shape[0], 2 * operand.codes.shape[1]
-            device, src, strides = operand.codes.device, operand.codes, (0, 0)
+            cols, rows = source.codes.shape[0], 2 * source.codes.shape[1]
+            device, src, strides = source.codes.device, source.codes, (0, 0)
             splits = 1
         else:
-            src = operand.T if transpose else operand
+            src = source.T if transpose else source
             rows, cols = src.shape
             device, strides = src.device, (src.stride(0), src.stride(1))
             splits = SPLITS[src.dtype]
         if misaligned(cols, EDEN_GROUP) or misaligned(rows, BLOCK):
             raise ValueError(f"MS-EDEN needs [rows % 16, cols % 128] == 0, got [{rows}, {cols}]")
-        out = Outputs.allocate(rows, cols, device, codes=codes, unscaled_bf16=unscaled_bf16)
-        rotated, uniforms = out.debug_buffers(debug, cols // BLOCK)
+        out = Outputs.allocate(rows, cols, device, codes=operand.codes, unscaled_bf16=operand.unscaled_bf16)
         args = (
             src,
-            operand.scales.view(torch.uint8) if packed else None,
-            operand.tensor_scale if packed else None,
+            source.scales.view(torch.uint8) if packed else None,
+            source.tensor_scale if packed else None,
             rows,
             cols,
             *strides,
-            stats_row,
-            seed,
+            operand.seed,
             out.codes,
             out.scales,
             out.unscaled_bf16,
             out.tensor_scale,
-            rotated,
-            uniforms,
         )
-        constexprs = {"PACKED": packed, "SPLITS": splits, "STORE_CODES": codes, "STORE_DEQ": unscaled_bf16}
-        return cls(args, constexprs, rows, cols // EDEN_GROUP, out)
+        constexprs = {"PACKED": packed, "SPLITS": splits, "STORE_CODES": operand.codes,
+                      "STORE_DEQ": operand.unscaled_bf16}  # fmt: skip
+        return cls(args, constexprs, rows, cols // EDEN_GROUP, out, out.debug_buffers(debug, cols // BLOCK))
 
     def programs(self, block_r: int, tiles: int) -> int:
         """Programs of a pass whose programs take ``tiles`` tiles of ``block_r`` rows."""
@@ -457,38 +399,30 @@ def tiles_per_program(tiles: int, max_tiles: int, sms: int, programs_per_sm: int
     return per_program
 
 
-def _launch(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, debug: bool) -> None:
-    """Both passes over one or two operands, one launch each. Each pass has its own launch
-    configuration (``ms_eden_amax``, ``ms_eden_quantize``): the amax pass holds few registers
-    whatever its row tiles per program, while the quantize pass's registers grow with them and
-    decide how many of its programs share an SM."""
-    a, b = slots[0], slots[-1]
+def _pass(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, stats_row: int, *, amax_pass: bool) -> None:
+    """One pass over one to four operands in one launch, slot ``i`` on amax row ``stats_row + i``.
+    Each pass has its own launch configuration (``ms_eden_amax``, ``ms_eden_quantize``): the amax
+    pass holds few registers whatever its row tiles per program, while the quantize pass's
+    registers grow with them and decide how many of its programs share an SM."""
+    cfg = config("ms_eden_amax" if amax_pass else "ms_eden_quantize", rotation.device)
+    block_r, max_tiles, programs_per_sm = cfg.pop("BLOCK_R"), cfg.pop("MAX_TILES"), cfg.pop("PROGRAMS_PER_SM")
+    cfg.pop("GEMMS", None)
     sms = multiprocessors(rotation.device)
+    tiles = tiles_per_program(sum(s.programs(block_r, 1) for s in slots), max_tiles, sms, programs_per_sm)
+    ends = list(itertools.accumulate(slot.programs(block_r, tiles) for slot in slots))
+    slot_args, constexprs = [], {}
+    for i, name in enumerate("ABCD"):
+        slot = slots[min(i, len(slots) - 1)]
+        slot_args += slot.args if i < len(slots) else (None,) * SLOT_ARGS
+        if i < MAX_SLOTS - 1:
+            slot_args.append(ends[min(i, len(slots) - 1)])
+        constexprs.update({f"{name}_{key}": value for key, value in slot.constexprs.items()})
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
-    constexprs = {
-        **{f"A_{k}": v for k, v in a.constexprs.items()},
-        **{f"B_{k}": v for k, v in b.constexprs.items()},
-        "TWO": len(slots) == 2,
-        "EMULATED": rotation.device.type != "cuda",
-        "DEBUG": debug,
-    }
-    for amax_pass, kernel_config in ((True, "ms_eden_amax"), (False, "ms_eden_quantize")):
-        cfg = config(kernel_config, rotation.device)
-        block_r, max_tiles, programs_per_sm = cfg.pop("BLOCK_R"), cfg.pop("MAX_TILES"), cfg.pop("PROGRAMS_PER_SM")
-        tiles = tiles_per_program(sum(s.programs(block_r, 1) for s in slots), max_tiles, sms, programs_per_sm)
-        args = (
-            rotation,
-            *rotation.stride(),
-            stats,
-            value_max,
-            value_max * MS_EDEN_SCALE_MAX,
-            *a.args,
-            a.programs(block_r, tiles),
-            *(b.args if len(slots) == 2 else (None,) * len(a.args)),
-        )
-        grid = (sum(slot.programs(block_r, tiles) for slot in slots),)
-        run(_ms_eden_kernel, grid, *args, AMAX_PASS=amax_pass, BLOCK_R=block_r, TILES=tiles, **constexprs,
-            **cfg, **EXACT)  # fmt: skip
+    debug = slots[0].debug
+    run(_ms_eden_kernel, (ends[-1],), rotation, *rotation.stride(), stats, stats_row, *debug, value_max,
+        value_max * MS_EDEN_SCALE_MAX, *slot_args, AMAX_PASS=amax_pass, SLOTS=len(slots),
+        EMULATED=rotation.device.type != "cuda", DEBUG=debug[0] is not None, BLOCK_R=block_r, TILES=tiles,
+        **constexprs, **cfg, **EXACT)  # fmt: skip
 
 
 def ms_eden(
@@ -514,34 +448,26 @@ def ms_eden(
     ``stats``, ``stats_row``: a row of a zeroed :func:`.quantize.stats_scratch` for the amax
     pass, so that a caller quantizing several operands zeroes one buffer for all of them.
     """
-    slot = _Slot.of(operand, seed, transpose=transpose, codes=codes, unscaled_bf16=unscaled_bf16,
-                    stats_row=stats_row, debug=debug)  # fmt: skip
+    slot = _Slot.of(Operand(operand, seed, transpose, codes, unscaled_bf16), debug)
     if stats is None:
         stats = stats_scratch(1, rotation.device)
-    _launch([slot], rotation, stats, debug is not None)
+    for amax_pass in (True, False):
+        _pass([slot], rotation, stats, stats_row, amax_pass=amax_pass)
     return slot.result()
 
 
-def ms_eden_pair(
-    a: Tensor,
-    b: NVFP4Tensor,
-    rotation: Tensor,
-    seeds: Sequence[Tensor],
-    stats: Tensor,
-    stats_row: int,
-    *,
-    a_transpose: bool,
-    codes: bool,
-    unscaled_bf16: bool,
-) -> tuple[Quantized, Quantized]:
-    """The two operands of a backward GEMM in one launch per pass: :func:`ms_eden` of ``a``
-    (``a.T`` with ``a_transpose``) with ``seeds[0]`` into amax row ``stats_row``, and of the
-    saved ``b``'s dequantized transpose with ``seeds[1]`` into the next row. Bit for bit the
-    two separate calls; half their launches."""
-    options = {"codes": codes, "unscaled_bf16": unscaled_bf16, "debug": None}
-    slots = [
-        _Slot.of(a, seeds[0], transpose=a_transpose, stats_row=stats_row, **options),
-        _Slot.of(b, seeds[1], transpose=True, stats_row=stats_row + 1, **options),
-    ]
-    _launch(slots, rotation, stats, False)
-    return slots[0].result(), slots[1].result()
+def ms_eden_gemms(
+    gemms: Sequence[tuple[Operand, Operand]], rotation: Tensor, stats: Tensor
+) -> Iterator[tuple[Quantized, Quantized]]:
+    """:func:`ms_eden` of the two operands of each of a backward's GEMMs (one or two), operand
+    ``i`` of the list into amax row ``i`` of the zeroed ``stats``: the amax pass of all of them in
+    one launch, then the quantize pass of ``GEMMS`` GEMMs' operands per launch (``configs``), each
+    launch made when its first GEMM's operands are asked for. Bit for bit the separate calls."""
+    slots = [[_Slot.of(operand) for operand in gemm] for gemm in gemms]
+    _pass([slot for gemm in slots for slot in gemm], rotation, stats, 0, amax_pass=True)
+    per_launch = config("ms_eden_quantize", rotation.device)["GEMMS"]
+    for start in range(0, len(slots), per_launch):
+        launched = slots[start : start + per_launch]
+        _pass([slot for gemm in launched for slot in gemm], rotation, stats, 2 * start, amax_pass=False)
+        for a, b in launched:
+            yield a.result(), b.result()
