@@ -22,8 +22,8 @@ also zeroes the amax rows of all the backward's quantizers; the forward's two qu
 one zeroed buffer.
 
 A GEMM's two operands are quantized together, one launch per pass for both
-(:func:`.quantize.quantize_pair`, :func:`.ms_eden.ms_eden_gemms`), and the MS-EDEN amax pass of
-both backward GEMMs' operands takes one launch: launches, not bytes, set the host time of a
+(:func:`.quantize.quantize_pair`), and the four MS-EDEN operands of both backward GEMMs take one
+launch per pass (:func:`.ms_eden.ms_eden_gemms`): launches, not bytes, set the host time of a
 compiled step at ordinary model sizes.
 """
 
@@ -124,8 +124,8 @@ def _randomness(count: int, source: RandomSource, grad: Tensor) -> list[Tensor]:
 
 def _backward_ms_eden(grad, saved, dtypes, needs, source, native):
     """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T). One draw of
-    five seeds; the rotation's launch also zeroes the four amax rows; one amax launch for the
-    operands of both GEMMs."""
+    five seeds; the rotation's launch also zeroes the four amax rows; both GEMMs' operands are
+    quantized together (:func:`.ms_eden.ms_eden_gemms`)."""
     seeds = _randomness(5, source, grad)
     stats = torch.empty(4, 2, dtype=torch.float32, device=grad.device)
     rotation = random_rotation(EDEN_GROUP, seeds[4], zero=stats)

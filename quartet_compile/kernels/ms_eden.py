@@ -285,9 +285,10 @@ def _ms_eden_kernel(
     """One pass over up to four operands (``SLOTS``) in one launch, both backward GEMMs' operands:
     programs below ``a_end`` take operand ``a`` (amax row ``stats_row``), the next ones up to
     ``b_end`` operand ``b`` (the next row), and so on. Each program loads the rotation (columns in
-    accumulator order). The slots are an ``if``/``else`` chain: with independent conditions per
-    slot the compiler keeps the slots' registers apart (Triton 3.6: the quantize pass with two or
-    more row tiles took 168-181 registers instead of 128, one program per SM instead of two)."""
+    accumulator order). The slots are an ``if``/``else`` chain: with an independent condition per
+    slot (``p >= a_end and p < b_end``), Triton 3.6 and 3.9 compiled the quantize pass over two
+    slots with two or more row tiles to 168 registers instead of 128, one program per SM instead
+    of two."""
     g = tl.arange(0, 128)
     rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
     p = tl.program_id(0)
