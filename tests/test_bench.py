@@ -512,19 +512,17 @@ def test_ms_eden_tiles_counts_programs_per_sm_and_sums_the_model():
     assert [study.programs_per_sm(r, 49152, 8) for r in (64, 100, 128, 129, 168)] == [4, 2, 2, 1, 1]
     assert study.programs_per_sm(32, 100_000, 4) == 2 and study.programs_per_sm(16, 0, 8) == 8
     assert study._linears("1024x256:2,2816x1024:1") == {(1024, 256): 2, (2816, 1024): 1}
-    candidate = study.CANDIDATES[0]
     together, separate = list(study.LAUNCHES)[0], list(study.LAUNCHES)[-1]
-    rows = [{**candidate, "launches": together, "per_layer": n, "amax_us": 10.0 * n, "quantize_us": 30.0}
+    label = study._config_cell(study.CANDIDATES[0])
+    rows = [{"config": label, "launches": together, "per_layer": n, "amax_us": 10.0 * n, "quantize_us": 30.0}
             for n in (1, 2)]  # fmt: skip
-    rows.append({**study.CANDIDATES[1], "launches": separate, "per_layer": 1, "amax_us": 5.0, "quantize_us": 1.0})
+    rows.append({"config": "shipped", "launches": separate, "per_layer": 1, "amax_us": 5.0, "quantize_us": 1.0})
     totals = study._totals(rows, layers=8)
-    assert [(t["launches"], t["MAX_TILES"]) for t in totals] == [
-        (together, candidate["MAX_TILES"]),
-        (separate, study.CANDIDATES[1]["MAX_TILES"]),
-    ]
+    assert [(t["launches"], t["config"]) for t in totals] == [(together, label), (separate, "shipped")]
     assert totals[0]["amax_ms"] == pytest.approx(8 * (10 + 2 * 20) / 1e3)
     assert totals[0]["quantize_ms"] == pytest.approx(8 * 3 * 30 / 1e3)
     assert totals[1]["amax_ms"] == pytest.approx(8 * 5 / 1e3)
+    assert "quantize 64 rows" in study._shipped_cell()
 
 
 def test_kernel_resources_compiles_the_passes_as_launches_specialize_them():

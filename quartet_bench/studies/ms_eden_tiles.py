@@ -189,16 +189,16 @@ def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device:
     rotation = rotation_matrix(random_signs(128, None, device))
     seeds = list(torch.randint(0, 2**62, (4,), device=device).unbind())
     sms = multiprocessors(device)
-    shipped = {k: config(PASSES[1], device)[k] for k in CANDIDATES[0]}
     rows, alone = [], []
     for (features_in, features_out), count in linears.items():
         ops = _operands(tokens, features_in, features_out, device)
         shapes = [(tokens, features_out // 128), (features_in, features_out // 128),
                   (features_out, tokens // 128), (features_in, tokens // 128)]  # fmt: skip
-        for candidate in CANDIDATES:
-            with _both_passes(candidate):
+        for candidate in [*CANDIDATES, None]:
+            with _both_passes(candidate) if candidate else contextlib.nullcontext():
+                label = _config_cell(candidate) if candidate else _shipped_cell()
                 for name, fn in _launch_fns(ops, rotation, seeds).items():
-                    if name != _shipped_launches() and candidate != shipped:
+                    if candidate and name != _shipped_launches():
                         continue
                     compiled = compiled_passes(fn, device)
                     is_amax = LAUNCHES[name][2]
@@ -208,7 +208,7 @@ def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device:
                         "out": features_out,
                         "per_layer": count,
                         "launches": name,
-                        **candidate,
+                        "config": label,
                         "amax_tiles": _tiles(
                             shapes if is_amax.count(True) == 1 else shapes[:2], config(PASSES[0], device), sms
                         ),
@@ -236,26 +236,30 @@ def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device:
 
 
 def _totals(rows: list[dict], layers: int) -> list[dict]:
-    """Per launch structure and candidate, each pass's time over every linear's backward, in ms per
-    step."""
+    """Per launch structure and configuration, each pass's time over every linear's backward, in
+    ms per step."""
+    groups = dict.fromkeys((r["launches"], r["config"]) for r in rows)
     totals = []
-    for name in LAUNCHES:
-        for candidate in CANDIDATES:
-            mine = [r for r in rows if r["launches"] == name and all(r[k] == v for k, v in candidate.items())]
-            if mine:
-                totals.append(
-                    {
-                        "launches": name,
-                        **candidate,
-                        "amax_ms": layers * sum(r["per_layer"] * r["amax_us"] for r in mine) / 1e3,
-                        "quantize_ms": layers * sum(r["per_layer"] * r["quantize_us"] for r in mine) / 1e3,
-                    }
-                )
+    for name, label in groups:
+        mine = [r for r in rows if (r["launches"], r["config"]) == (name, label)]
+        totals.append(
+            {
+                "launches": name,
+                "config": label,
+                "amax_ms": layers * sum(r["per_layer"] * r["amax_us"] for r in mine) / 1e3,
+                "quantize_ms": layers * sum(r["per_layer"] * r["quantize_us"] for r in mine) / 1e3,
+            }
+        )
     return totals
 
 
 def _config_cell(r: dict) -> str:
     return f"{r['BLOCK_R']} rows, {r['num_warps']} warps, <= {r['MAX_TILES']} tiles"
+
+
+def _shipped_cell() -> str:
+    """The shipped configuration of both passes, as a table cell."""
+    return f"shipped: amax {_config_cell(config(PASSES[0]))}; quantize {_config_cell(config(PASSES[1]))}"
 
 
 def _markdown(results: dict, meta: dict) -> str:
@@ -264,15 +268,16 @@ def _markdown(results: dict, meta: dict) -> str:
         f"{meta['tokens']} tokens, {meta['layers']} layers; linears (in, out) x per layer: {meta['linears']}. "
         "Model totals: each pass summed over the backward of every linear, ms per step. Launches: one "
         "launch per pass over both GEMMs' four operands; one amax launch over the four, then a quantize "
-        "launch per GEMM; or each GEMM's two passes on their own. The launch configurations are swept "
-        f"for the shipped launches ({_shipped_launches()}).",
+        "launch per GEMM; or each GEMM's two passes on their own. The candidate configurations (both "
+        f"passes alike) are swept for the shipped launches ({_shipped_launches()}); every layout is also "
+        "timed with the shipped configuration.",
         "",
         report.markdown_table(
             ["launches", "config", "amax ms", "quantize ms", "both ms"],
             [
                 [
                     r["launches"],
-                    _config_cell(r),
+                    r["config"],
                     f"{r['amax_ms']:.2f}",
                     f"{r['quantize_ms']:.2f}",
                     f"{r['amax_ms'] + r['quantize_ms']:.2f}",
@@ -290,7 +295,7 @@ def _markdown(results: dict, meta: dict) -> str:
                 [
                     f"{r['in']}, {r['out']}",
                     r["launches"],
-                    _config_cell(r),
+                    r["config"],
                     str(r["amax_tiles"]),
                     f"{r['amax_us']:.1f}",
                     f"{r['quantize_us']:.1f}",
