@@ -188,8 +188,8 @@ MS_EDEN_OPERANDS = {
     "both pairs": ((GRADIENT, SAVED, GRADIENT, SAVED), ("a_stride_c", "c_stride_r")),
 }
 """Operand layouts of the backward's MS-EDEN launches: slots, and the strides that are 1 (a
-constant in the compiled kernel, as launches specialize it). The backward launches the amax
-pass over both pairs, the quantize pass over each pair."""
+constant in the compiled kernel, as launches specialize it). The backward launches both passes
+over both pairs; the single operands and pairs show what each one adds."""
 
 
 def _specialized(

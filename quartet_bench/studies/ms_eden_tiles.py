@@ -123,7 +123,7 @@ def _operands(tokens: int, features_in: int, features_out: int, device: torch.de
     return {"g": g, "xq": quantize(x, four_over_six=True).fp4, "wq": quantize(w, four_over_six=True).fp4}
 
 
-def _gemms(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> tuple[tuple[Operand, Operand], ...]:
+def _gemms(ops: dict, seeds: list[torch.Tensor]) -> tuple[tuple[Operand, Operand], ...]:
     """The two backward GEMMs' operands (dgrad: g and the saved W^T; wgrad: g^T and the saved
     x^T), as the layer gives them."""
     options = {"codes": False, "unscaled_bf16": True}
@@ -152,7 +152,7 @@ def _shipped_launches() -> str:
 
 def _launch_fns(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
     stats = torch.zeros(4, 2, device=rotation.device)
-    gemms = _gemms(ops, rotation, seeds)
+    gemms = _gemms(ops, seeds)
 
     def launches(per_launch: int, separate: bool) -> Callable[[], object]:
         def fn() -> object:
