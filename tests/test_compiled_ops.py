@@ -210,6 +210,28 @@ def test_the_tma_gemm_output_is_written_by_its_launch(out_dtype, a_hopper_target
     assert not _unwritten_buffers(graph)
 
 
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_the_cublas_epilogue_is_tensor_ops_inductor_can_fuse(out_dtype):
+    """In a compiled graph the cuBLAS route scales its float32 product with tensor ops (fused by
+    Inductor into the kernel that reads the product next) instead of launching the epilogue
+    pass; with a bias the pass stays."""
+    from quartet_compile.kernels import gemm
+
+    a, b = torch.randn(64, 32, dtype=torch.bfloat16), torch.randn(48, 32, dtype=torch.bfloat16)
+    scale, bias = torch.rand((), dtype=torch.float32), torch.randn(48, dtype=torch.float32)
+
+    def trace(fn, *args):
+        return make_fx(torch.func.functionalize(fn), tracing_mode="fake")(*args)
+
+    plain = trace(lambda a, b, s: gemm.cublas_gemm(a, b, s, s, out_dtype), a, b, scale)
+    assert _launched_kernels(plain) == [] and "aten.mul.Tensor" in _targets(plain)
+    (output,) = [n for n in plain.graph.nodes if n.op == "output"]
+    assert output.args[0].meta["val"].dtype == out_dtype
+    biased = trace(lambda a, b, s, c: gemm.cublas_gemm(a, b, s, s, out_dtype, c), a, b, scale, bias)
+    assert _launched_kernels(biased) == ["_scale_epilogue_kernel"]
+    assert not _unwritten_buffers(biased)
+
+
 def test_the_tma_gemm_stays_out_of_cpp_wrapper_graphs_that_would_overrun_its_scratch(monkeypatch):
     """The TMA GEMM builds its descriptors in Triton's global scratch, one slot per program. A
     C++ wrapper that allocates one slot for the whole grid (torch 2.11's) sends the GEMMs of the
@@ -375,6 +397,20 @@ def test_the_cpp_wrapper_launches_compute_what_the_python_wrapper_launches():
             assert torch.equal(python, cpp)
         else:
             torch.testing.assert_close(cpp, python, rtol=2**-7, atol=1e-3 * python.abs().max().item())
+
+
+@pytest.mark.gpu
+def test_inductor_fuses_the_cublas_epilogue_into_its_neighbours():
+    """A layer too small for the TMA GEMM takes cuBLAS for all three GEMMs; the compiled step
+    launches no epilogue pass (its scaling runs inside Inductor's kernels) and computes what the
+    uncompiled op computes (``test_inductor_launches_compute_what_the_ops_compute``)."""
+    from torch._inductor.utils import run_and_get_code
+
+    layer, x, w, g = _cuda_layer("quartet2")
+    compiled = torch.compile(lambda x, w: torch.nn.functional.silu(layer(x, w)).float().square().sum(), fullgraph=True)
+    _, codes = run_and_get_code(lambda: compiled(x, w).backward())
+    assert len(codes) == 2 and all("extern_kernels.mm" in code for code in codes)
+    assert not [code for code in codes if "_scale_epilogue_kernel" in code]
 
 
 @pytest.mark.gpu

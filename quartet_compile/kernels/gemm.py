@@ -285,11 +285,17 @@ def cublas_gemm(
     bias: Tensor | None = None,
 ) -> Tensor:
     """cuBLAS GEMM of the exact unscaled operands into float32 (bf16 or fp16 operands, or float32
-    ones, which cuBLAS multiplies in full float32 unless TF32 is allowed), then one epilogue pass."""
+    ones, which cuBLAS multiplies in full float32 unless TF32 is allowed), then the epilogue:
+    one pass, or in a compiled graph (without bias) tensor ops that Inductor fuses into the
+    kernel reading the product next, one launch fewer. Both round ``acc * (s_A s_B)`` once, the
+    same way; with a bias the pass stays, so that eager and compiled runs add it in one kernel
+    (which may contract the product and the sum)."""
     if a_unscaled.dtype == torch.float32:
         acc = torch.mm(a_unscaled, b_unscaled.T)
     else:
         acc = torch.mm(a_unscaled, b_unscaled.T, out_dtype=torch.float32)
+    if bias is None and traced((acc,)):
+        return (acc * (scale_a * scale_b)).to(out_dtype)
     m, n = acc.shape
     c = _output(m, n, acc, out_dtype)
     cfg = config("scale_epilogue", acc.device)
