@@ -393,11 +393,12 @@ def test_step_profile_groups_kernels_by_family(tmp_path):
     assert [profile.family(n) for n in names] == ["gemm", "gemm", "quantizers", "quantizers", "attention",
                                                    "optimizer", "other"]  # fmt: skip
     events = [("_ms_eden_kernel", 300.0), ("_ms_eden_kernel", 100.0), ("nvjet_x", 1000.0), ("triton_poi_a", 50.0)]
-    result = profile.breakdown(events, steps=2, top=2)
+    result = profile.breakdown(events, steps=2)
     assert result["families_ms"] == {"gemm": 0.5, "quantizers": 0.2, "attention": 0.0, "optimizer": 0.0,
                                      "other": 0.025}  # fmt: skip
     assert result["kernel_ms"] == pytest.approx(0.725) and result["launches"] == 2.0
-    assert [t["kernel"] for t in result["top"]] == ["nvjet_x", "_ms_eden_kernel"]
+    assert [t["kernel"] for t in result["top"]] == ["nvjet_x", "_ms_eden_kernel", "triton_poi_a"]
+    assert result["top"][1]["launches"] == 1.0
     profile.main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--variants", "eager,bf16", "--steps",
                   "1", "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
     base, op_layer = json.loads((tmp_path / "step-profile.json").read_text())["rows"]
