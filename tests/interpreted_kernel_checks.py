@@ -19,7 +19,7 @@ from quartet_compile.kernels.ms_eden import Operand, ms_eden, ms_eden_gemms
 from quartet_compile.kernels.nvfp4_math import FAST_DIVISION_MIN, divide, e2m1_round_code, e2m1_sr, e4m3_rne, e4m3_sr
 from quartet_compile.kernels.nvidia import nvidia_quantize
 from quartet_compile.kernels.quantize import quantize, quantize_pair, tensor_amax, tensor_stats
-from quartet_compile.kernels.rotation import random_rotation, rotation_matrix, sign_words
+from quartet_compile.kernels.rotation import random_rotation, rotation_matrix
 from quartet_compile.reference import (
     decode_e2m1,
     nvfp4_matmul,
@@ -219,48 +219,17 @@ def forward_pairs(generator: torch.Generator) -> None:
 
 
 def check_random_rotation(n: int, generator: torch.Generator) -> None:
-    """``random_rotation`` is ``D H`` with the signs of its words' bits (bit ``i % 32`` of word
-    ``i // 32`` set: -1; read back from the first column, where ``H`` is 1), and zeroes its
-    scratch in the same launch."""
-    words = torch.randint(0, 2**62, (sign_words(n),), generator=generator)
+    """``random_rotation`` is ``D H`` with random signs (read back from its first column, where
+    ``H`` is 1), the same for the same seed and zeroes its scratch in the same launch."""
+    seed, other = torch.randint(0, 2**62, (2,), generator=generator)
     scratch = torch.full((5, 2), float("nan"))
-    rotation = random_rotation(n, words, zero=scratch)
-    i = torch.arange(n)
-    bits = (words[i // 32] >> (i % 32)) & 1
-    assert torch.equal(rotation[:, 0].float(), 1.0 - 2.0 * bits.float())
-    assert torch.equal(rotation, rotation_matrix(rotation[:, 0].float()))
+    rotation = random_rotation(n, seed, zero=scratch)
+    signs = rotation[:, 0].float()
+    assert set(signs.tolist()) <= {-1.0, 1.0} and torch.equal(rotation, rotation_matrix(signs))
     assert torch.equal(scratch, torch.zeros(5, 2))
-    try:
-        random_rotation(n, words[:-1])
-    except ValueError as error:
-        assert "int64 words" in str(error)
-    else:
-        raise AssertionError("a rotation given too few words must be refused")
-
-
-def ms_eden_drawn_rotation(generator: torch.Generator) -> None:
-    """MS-EDEN programs given the rotation's words build the matrix ``random_rotation`` makes of
-    them: bit for bit the launches given that matrix, alone and for both GEMMs at once."""
-    words = torch.randint(0, 2**62, (sign_words(128),), generator=generator)
-    matrix = random_rotation(128, words)
-    g = _inputs(128, 256, torch.float32, generator).bfloat16()
-    x = quantize(_inputs(128, 80, torch.float32, generator), four_over_six=True).fp4
-    seeds = list(torch.randint(0, 2**62, (2,), generator=generator).unbind())
-    for operand, transpose in ((g, False), (x, True)):
-        by_matrix, by_words = ({}, {})
-        ms_eden(operand, matrix, seeds[0], transpose=transpose, unscaled_bf16=True, debug=by_matrix)
-        ms_eden(operand, words, seeds[0], transpose=transpose, unscaled_bf16=True, debug=by_words)
-        assert torch.equal(by_matrix["rotated"], by_words["rotated"]) and by_words["rotated"].abs().max() > 0
-    gemm = (
-        Operand(g, seeds[0], True, codes=True, unscaled_bf16=True),
-        Operand(x, seeds[1], True, codes=True, unscaled_bf16=True),
-    )
-    results = []
-    for rotation in (matrix, words):
-        results.append([q for pair in ms_eden_gemms([gemm], rotation, torch.zeros(2, 2)) for q in pair])
-    for by_matrix, by_words in zip(*results, strict=True):
-        assert_same_fp4(by_matrix.fp4, by_words.fp4)
-        assert torch.equal(by_matrix.unscaled_bf16, by_words.unscaled_bf16)
+    assert torch.equal(random_rotation(n, seed), rotation)
+    if n >= 16:
+        assert not torch.equal(random_rotation(n, other), rotation)
 
 
 @triton.jit
@@ -308,7 +277,6 @@ def ms_eden_stage(generator: torch.Generator) -> None:
         assert torch.equal(debug["uniforms"].flatten(), block_draws(seed, debug["uniforms"].numel()))
     ms_eden_gemm_launches(rotation, generator)
     ms_eden_row_tiles(rotation, seed, generator)
-    ms_eden_drawn_rotation(generator)
     again: dict[str, torch.Tensor] = {}
     ms_eden(g.bfloat16(), rotation, seed, debug=again)
     other: dict[str, torch.Tensor] = {}

@@ -196,19 +196,6 @@ def test_ms_eden_slots_do_not_add_registers():
         assert several["instructions"] > (len(slots) - 1) * one["instructions"]  # every slot's body was compiled
 
 
-def test_ms_eden_programs_build_the_rotation_within_two_programs_per_sm():
-    """Programs that build the rotation from its random words (so that no launch writes it) keep
-    both passes over a layer's four operands at two programs per Hopper SM (256 threads, at most
-    128 registers) without spills. Drawing a Philox number per sign instead took 255 registers:
-    the draws were inlined into the rotation's row layout."""
-    _needs_cuobjdump()
-    for name, amax_pass in (("ms_eden_amax", True), ("ms_eden_quantize", False)):
-        cfg = config(name)
-        launch = ms_eden_launch(GRADIENT, SAVED, GRADIENT, SAVED, amax_pass=amax_pass, tiles=cfg["MAX_TILES"])
-        row = _row("drawn", launch, ("a_stride_c", "c_stride_r"), 90, cfg["num_warps"])
-        assert cfg["num_warps"] == 8 and row["registers"] <= 128 and row["spilled_bytes"] == 0, (name, row)
-
-
 def test_statistics_are_published_with_relaxed_atomics():
     """The amax passes' atomics are relaxed, with no GPU-scope fence before them: only a later
     launch reads the statistics, and Triton's default acquire-release atomic fences the loads of

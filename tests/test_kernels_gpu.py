@@ -89,16 +89,16 @@ def test_ms_eden_quantization_stage_is_bit_identical(source):
     tensor-core rotation itself matches the float32 reference to rounding."""
     from quartet_compile.kernels.ms_eden import ms_eden
     from quartet_compile.kernels.quantize import quantize
-    from quartet_compile.kernels.rotation import random_rotation, rotation_matrix, sign_words
+    from quartet_compile.kernels.rotation import random_rotation, rotation_matrix
 
     signs = random_signs(128, None, torch.device("cuda"))
     assert torch.equal(rotation_matrix(signs).float(), signs[:, None] * sylvester_pm1(128, "cuda"))
     seed = torch.randint(0, 2**62, (), device="cuda")
     scratch = torch.full((4, 2), float("nan"), device="cuda")
-    words = torch.randint(0, 2**62, (64, sign_words(128)), device="cuda")
-    drawn = random_rotation(128, words[0], zero=scratch)
+    drawn = random_rotation(128, seed, zero=scratch)
     assert torch.equal(drawn, rotation_matrix(drawn[:, 0].float())) and not scratch.any()
-    drawn_signs = torch.stack([random_rotation(128, w)[:, 0].float() for w in words])
+    seeds = torch.randint(0, 2**62, (64,), device="cuda")
+    drawn_signs = torch.stack([random_rotation(128, s)[:, 0].float() for s in seeds])
     assert drawn_signs.mean().abs() < 0.05  # fair signs: 8192 draws, standard error 0.011
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "packed": torch.float32}
     # 400 or 1040 quantized rows: the last program's 64-row tile is partial.

@@ -164,20 +164,15 @@ def quantize_launch(two: bool, **constexprs) -> tuple:
                        "programs", {"TWO": two, **constexprs})  # fmt: skip
 
 
-def ms_eden_launch(
-    *slots: dict, amax_pass: bool = False, tiles: int | None = None, drawn_rotation: bool = True
-) -> tuple:
+def ms_eden_launch(*slots: dict, amax_pass: bool = False, tiles: int | None = None) -> tuple:
     """``_ms_eden_kernel``'s quantize (or amax) pass over one to four operands in one launch,
     each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``; the shipped row tile,
-    and ``tiles`` row tiles per program (the shipped most by default). The programs build the
-    rotation from random words, as the layer's backward launches them, or load a given matrix."""
+    and ``tiles`` row tiles per program (the shipped most by default)."""
     shipped = config("ms_eden_amax" if amax_pass else "ms_eden_quantize")
     constexprs = {"AMAX_PASS": amax_pass, "SLOTS": len(slots), "EMULATED": False, "DEBUG": False,
-                  "BLOCK_R": shipped["BLOCK_R"], "TILES": tiles or shipped["MAX_TILES"],
-                  "DRAWN_ROTATION": drawn_rotation}  # fmt: skip
-    signature = {**MS_EDEN_SIGNATURE, "rotation_ptr": "*i64"} if drawn_rotation else MS_EDEN_SIGNATURE
+                  "BLOCK_R": shipped["BLOCK_R"], "TILES": tiles or shipped["MAX_TILES"]}  # fmt: skip
     filled = [{**slot, "SPLITS": 1} for slot in slots] + [None] * (ms_eden.MAX_SLOTS - len(slots))
-    return slot_launch(ms_eden._ms_eden_kernel, signature, MS_EDEN_SHARED, filled, "end", constexprs)
+    return slot_launch(ms_eden._ms_eden_kernel, MS_EDEN_SIGNATURE, MS_EDEN_SHARED, filled, "end", constexprs)
 
 
 GRADIENT = {"PACKED": False, "STORE_CODES": False, "STORE_DEQ": True}

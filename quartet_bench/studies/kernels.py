@@ -21,7 +21,8 @@ from quartet_compile.kernels.configs import config, override
 from quartet_compile.kernels.gemm import cublas_gemm, tma_gemm
 from quartet_compile.kernels.ms_eden import ms_eden
 from quartet_compile.kernels.quantize import quantize, tensor_amax
-from quartet_compile.kernels.rotation import rotation_words
+from quartet_compile.kernels.rotation import rotation_matrix
+from quartet_compile.nvfp4.randomness import random_signs
 
 from .. import report
 from .common import copy_bandwidth, host_us, layer_step, median_ms
@@ -49,7 +50,7 @@ def quantizer_rows(copy_gbs: float, tokens: int = 16384, features: int = 4096) -
         ("4/6: codes + bf16 operand", {"four_over_six": True, "unscaled_bf16": True}, fp4 + 2 * n),
     ]:
         rows.append(_row(f"forward {name}", median_ms(lambda kw=kwargs: quantize(x, **kw)), 2 * n + out, copy_gbs))
-    rotation = rotation_words(128, torch.device("cuda"))
+    rotation = rotation_matrix(random_signs(128, None, torch.device("cuda")))
     seed = torch.randint(0, 2**62, (), device="cuda")
     xq = quantize(x, four_over_six=True).fp4
     for name, operand, transpose, in_bytes in [

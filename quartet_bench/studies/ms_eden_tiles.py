@@ -31,7 +31,8 @@ from quartet_compile.kernels import ms_eden as ms_eden_module
 from quartet_compile.kernels.configs import config, multiprocessors, override
 from quartet_compile.kernels.ms_eden import Operand, ms_eden, ms_eden_gemms, tiles_per_program
 from quartet_compile.kernels.quantize import quantize
-from quartet_compile.kernels.rotation import random_rotation, rotation_words
+from quartet_compile.kernels.rotation import rotation_matrix
+from quartet_compile.nvfp4.randomness import random_signs
 
 from .. import report
 from ..arguments import HelpFormatter
@@ -133,36 +134,27 @@ def _gemms(ops: dict, seeds: list[torch.Tensor]) -> tuple[tuple[Operand, Operand
 
 
 LAUNCHES = {
-    "one launch per pass": (2, False, (True, False), False),
-    "one launch per pass, rotation loaded": (2, False, (True, False), True),
-    "quantize per GEMM": (1, False, (True, False, False), False),
-    "both passes per GEMM": (1, True, (True, False, True, False), False),
+    "one launch per pass": (2, False, (True, False)),
+    "quantize per GEMM": (1, False, (True, False, False)),
+    "both passes per GEMM": (1, True, (True, False, True, False)),
 }
 """How the backward launches its MS-EDEN passes: the GEMMs per quantize launch (``GEMMS``),
 whether each GEMM's operands take an amax launch of their own (the layout before the four-operand
-amax pass), which of the launches are amax passes (the amax pass of the first layouts takes all
-four operands), and whether the programs load the rotation written by a launch of its own (not
-timed here) instead of building it from its random words."""
+amax pass), and which of the launches are amax passes. The amax pass of the first two takes all
+four operands."""
 
 
 def _shipped_launches() -> str:
     """The entry of :data:`LAUNCHES` that the shipped configuration launches."""
     per_launch = config(PASSES[1])["GEMMS"]
-    return next(
-        name
-        for name, (n, separate, _, loaded) in LAUNCHES.items()
-        if (n, separate, loaded) == (per_launch, False, False)
-    )
+    return next(name for name, (n, separate, _) in LAUNCHES.items() if n == per_launch and not separate)
 
 
-def _launch_fns(ops: dict, words: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
-    stats = torch.zeros(4, 2, device=words.device)
+def _launch_fns(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    stats = torch.zeros(4, 2, device=rotation.device)
     gemms = _gemms(ops, seeds)
-    matrix = random_rotation(128, words)
 
-    def launches(per_launch: int, separate: bool, loaded: bool) -> Callable[[], object]:
-        rotation = matrix if loaded else words
-
+    def launches(per_launch: int, separate: bool) -> Callable[[], object]:
         def fn() -> object:
             with override(PASSES[1], {"GEMMS": per_launch}):
                 if separate:
@@ -171,9 +163,7 @@ def _launch_fns(ops: dict, words: torch.Tensor, seeds: list[torch.Tensor]) -> di
 
         return fn
 
-    return {
-        name: launches(per_launch, separate, loaded) for name, (per_launch, separate, _, loaded) in LAUNCHES.items()
-    }
+    return {name: launches(per_launch, separate) for name, (per_launch, separate, _) in LAUNCHES.items()}
 
 
 def _alone(ops: dict, rotation: torch.Tensor, seed: torch.Tensor) -> dict[str, tuple[Callable[[], object], int]]:
@@ -196,7 +186,7 @@ def _tiles(shape_rows: list[tuple[int, int]], cfg: dict, sms: int) -> int:
 
 
 def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device: torch.device) -> dict:
-    rotation = rotation_words(128, device)
+    rotation = rotation_matrix(random_signs(128, None, device))
     seeds = list(torch.randint(0, 2**62, (4,), device=device).unbind())
     sms = multiprocessors(device)
     rows, alone = [], []
@@ -277,8 +267,7 @@ def _markdown(results: dict, meta: dict) -> str:
     lines += [
         f"{meta['tokens']} tokens, {meta['layers']} layers; linears (in, out) x per layer: {meta['linears']}. "
         "Model totals: each pass summed over the backward of every linear, ms per step. Launches: one "
-        "launch per pass over both GEMMs' four operands (the programs build the rotation from its random "
-        "words, or load it from a matrix written before); one amax launch over the four, then a quantize "
+        "launch per pass over both GEMMs' four operands; one amax launch over the four, then a quantize "
         "launch per GEMM; or each GEMM's two passes on their own. The candidate configurations (both "
         f"passes alike) are swept for the shipped launches ({_shipped_launches()}); every layout is also "
         "timed with the shipped configuration.",
@@ -341,7 +330,7 @@ def profile_case(tokens: int, linears: dict[tuple[int, int], int], device: torch
     short program for a profiler to attach to (the first round compiles)."""
     features_in, features_out = max(linears, key=lambda shape: shape[0] * shape[1])
     ops = _operands(tokens, features_in, features_out, device)
-    rotation = rotation_words(128, device)
+    rotation = rotation_matrix(random_signs(128, None, device))
     fn = _launch_fns(ops, rotation, list(torch.randint(0, 2**62, (4,), device=device).unbind()))[_shipped_launches()]
     for _ in range(2):
         fn()

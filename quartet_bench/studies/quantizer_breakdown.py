@@ -19,7 +19,8 @@ from quartet_compile.kernels import ms_eden as ms_eden_module
 from quartet_compile.kernels import quantize as quantize_module
 from quartet_compile.kernels.ms_eden import ms_eden
 from quartet_compile.kernels.quantize import quantize
-from quartet_compile.kernels.rotation import rotation_words
+from quartet_compile.kernels.rotation import rotation_matrix
+from quartet_compile.nvfp4.randomness import random_signs
 
 from .. import report
 
@@ -58,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     x = torch.randn(args.tokens, args.features, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
-    rotation = rotation_words(128, x.device)
+    rotation = rotation_matrix(random_signs(128, None, x.device))
     seed = torch.randint(0, 2**62, (), device="cuda")
     cases = {
         "copy (read + write bf16)": lambda: y.copy_(x),

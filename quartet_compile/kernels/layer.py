@@ -16,11 +16,10 @@ precision, so both keep the bf16 route.
 
 Randomness of the backward comes from ``source`` (PyTorch's default CUDA generator unless a
 stream of the backend's own is given) as one draw of int64 Philox seeds, a device tensor, so
-CUDA-graph replays draw fresh values: one seed per stochastically quantized operand, then the
-words whose bits are the rotation's signs (128 for MS-EDEN, 16 for ``nvidia``). MS-EDEN's
-programs build the rotation themselves, and the backward's four amax rows share one zeroed
-buffer; ``nvidia``'s rotation kernel also zeroes its amax rows. The forward's two quantizers
-share one zeroed buffer.
+CUDA-graph replays draw fresh values: one seed per stochastically quantized operand, then one
+from which the rotation kernel draws the signs (128 for MS-EDEN, 16 for ``nvidia``). That launch
+also zeroes the amax rows of all the backward's quantizers; the forward's two quantizers share
+one zeroed buffer.
 
 A GEMM's two operands are quantized together, one launch per pass for both
 (:func:`.quantize.quantize_pair`), and the four MS-EDEN operands of both backward GEMMs take one
@@ -44,7 +43,7 @@ from .launch import realized
 from .ms_eden import Operand, ms_eden_gemms
 from .nvidia import nvidia_quantize
 from .quantize import Quantized, quantize, quantize_pair, stats_scratch
-from .rotation import random_rotation, sign_words
+from .rotation import random_rotation
 
 
 def operands(native: bool, k: int) -> dict[str, bool]:
@@ -108,31 +107,28 @@ def forward(
     return nvfp4_gemm(xq, wq, x.dtype, bias), saved
 
 
-def _randomness(seeds: int, rotation: int, source: RandomSource, grad: Tensor) -> tuple[list[Tensor], Tensor]:
-    """``seeds`` int64 Philox seeds as 0-d device tensors, one per stochastically quantized
-    operand, and the random words of a rotation of size ``rotation`` (:func:`.rotation.sign_words`),
-    in one draw from ``source``.
+def _randomness(count: int, source: RandomSource, grad: Tensor) -> list[Tensor]:
+    """``count`` int64 Philox seeds as 0-d device tensors, in one draw from ``source``: one per
+    stochastically quantized operand, then one for the rotation signs.
 
     The default generator's draw is made from a tensor created from ``grad`` (``randint_like``
     takes the same values as ``randint``): in a compiled graph it then depends on the gradient
     and stays in the backward. A draw with no inputs is also kept in the forward graph when
     random ops count as side effects (``torch._inductor.config.fallback_random``), where it
     would consume the stream a second time and shift every later draw."""
-    count = seeds + sign_words(rotation)
     generator = as_generator(source, grad.device)
     if generator is not None:
-        draw = torch.randint(0, 2**62, (count,), device=grad.device, generator=generator)
-    else:
-        draw = torch.randint_like(grad.new_empty(count, dtype=torch.int64), 0, 2**62)
-    return list(draw[:seeds].unbind()), draw[seeds:]
+        return list(torch.randint(0, 2**62, (count,), device=grad.device, generator=generator).unbind())
+    return list(torch.randint_like(grad.new_empty(count, dtype=torch.int64), 0, 2**62).unbind())
 
 
 def _backward_ms_eden(grad, saved, dtypes, needs, source, native):
     """Quartet II: MS-EDEN on both operands of dgrad (along N) and wgrad (along T). One draw of
-    four seeds and the rotation's words, from which the MS-EDEN programs build the rotation; both
-    GEMMs' operands are quantized together (:func:`.ms_eden.ms_eden_gemms`)."""
-    seeds, rotation = _randomness(4, EDEN_GROUP, source, grad)
-    stats = stats_scratch(4, grad.device)
+    five seeds; the rotation's launch also zeroes the four amax rows; both GEMMs' operands are
+    quantized together (:func:`.ms_eden.ms_eden_gemms`)."""
+    seeds = _randomness(5, source, grad)
+    stats = torch.empty(4, 2, dtype=torch.float32, device=grad.device)
+    rotation = random_rotation(EDEN_GROUP, seeds[4], zero=stats)
     gemms = {}
     if needs[0]:
         route = operands(native, saved.wq.codes.shape[0])
@@ -165,9 +161,9 @@ def _backward_high_precision(grad, saved, dtypes, needs, source, native):
 def _backward_nvidia(grad, saved, dtypes, needs, source, native):
     """``nvidia``: SR of ``g`` against the saved 16x16-tile weight for dgrad; RHT-16 along the
     tokens, then SR of ``g^T`` and RTN of ``x^T``, for wgrad."""
-    seeds, words = _randomness(2, NVIDIA_RHT_SIZE, source, grad)
+    seeds = _randomness(3, source, grad)
     stats = torch.empty(3, 2, dtype=torch.float32, device=grad.device)
-    rotation = random_rotation(NVIDIA_RHT_SIZE, words, zero=stats)
+    rotation = random_rotation(NVIDIA_RHT_SIZE, seeds[2], zero=stats)
     dx = dw = None
     if needs[0]:
         gq = nvidia_quantize(grad, seed=seeds[0], stats=stats, stats_row=0, codes=False, unscaled_bf16=True)

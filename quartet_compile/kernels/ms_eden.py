@@ -47,7 +47,7 @@ from .nvfp4_math import (
     tree_sum8,
 )
 from .quantize import EXACT, Outputs, Quantized, stats_scratch
-from .rotation import SPLITS, dot_split, drawn_signs, signed_sylvester
+from .rotation import SPLITS, dot_split
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
 
@@ -281,22 +281,16 @@ def _ms_eden_kernel(
     C_PACKED: tl.constexpr, C_SPLITS: tl.constexpr, C_STORE_CODES: tl.constexpr, C_STORE_DEQ: tl.constexpr,
     D_PACKED: tl.constexpr, D_SPLITS: tl.constexpr, D_STORE_CODES: tl.constexpr, D_STORE_DEQ: tl.constexpr,
     SLOTS: tl.constexpr, EMULATED: tl.constexpr, DEBUG: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
-    DRAWN_ROTATION: tl.constexpr,
 ):
     """One pass over up to four operands (``SLOTS``) in one launch, both backward GEMMs' operands:
     programs below ``a_end`` take operand ``a`` (amax row ``stats_row``), the next ones up to
     ``b_end`` operand ``b`` (the next row), and so on. Each program loads the rotation (columns in
-    accumulator order), or with DRAWN_ROTATION builds it as :func:`.rotation.random_rotation`
-    does from the random int64 words at ``rotation_ptr`` (a bit and a parity per entry: no
-    launch to write it). The slots are an ``if``/``else`` chain: with an independent condition per
+    accumulator order). The slots are an ``if``/``else`` chain: with an independent condition per
     slot (``p >= a_end and p < b_end``), Triton 3.6 and 3.9 compiled the quantize pass over two
     slots with two or more row tiles to 168 registers instead of 128, one program per SM instead
     of two."""
     g = tl.arange(0, 128)
-    if DRAWN_ROTATION:
-        rotation = signed_sylvester(g, _accumulator_order(g), drawn_signs(rotation_ptr, g))
-    else:
-        rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
+    rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
     p = tl.program_id(0)
     if p < a_end:
         _ms_eden_program(p, a_src_ptr, a_src_scales_ptr, a_src_tensor_scale_ptr, a_rows, a_cols, a_stride_r,
@@ -426,11 +420,10 @@ def _pass(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, stats_row: in
         constexprs.update({f"{name}_{key}": value for key, value in slot.constexprs.items()})
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
     debug = slots[0].debug
-    drawn = rotation.dtype == torch.int64
-    run(_ms_eden_kernel, (ends[-1],), rotation, *((0, 0) if drawn else rotation.stride()), stats, stats_row,
-        *debug, value_max, value_max * MS_EDEN_SCALE_MAX, *slot_args, AMAX_PASS=amax_pass, SLOTS=len(slots),
+    run(_ms_eden_kernel, (ends[-1],), rotation, *rotation.stride(), stats, stats_row, *debug, value_max,
+        value_max * MS_EDEN_SCALE_MAX, *slot_args, AMAX_PASS=amax_pass, SLOTS=len(slots),
         EMULATED=rotation.device.type != "cuda", DEBUG=debug[0] is not None, BLOCK_R=block_r, TILES=tiles,
-        DRAWN_ROTATION=drawn, **constexprs, **cfg, **EXACT)  # fmt: skip
+        **constexprs, **cfg, **EXACT)  # fmt: skip
 
 
 def ms_eden(
@@ -449,9 +442,6 @@ def ms_eden(
 
     ``operand``: a 2-D CUDA tensor, or a saved :class:`NVFP4Tensor` ``[rows, K]`` whose
     dequantized transpose ``[K, rows]`` is quantized (``transpose`` must then be true).
-    ``rotation``: the bf16 ``D H`` of :mod:`.rotation`, or the random int64 words from which
-    the kernel builds the one :func:`.rotation.random_rotation` makes of them (no launch of its
-    own).
     ``seed``: int64 0-d device tensor for the Philox stream of the scale rounding (one draw
     per block: block ``b = row * (cols/16) + column/16`` takes output ``b % 4`` of the draw at
     offset ``b // 4``). ``debug``: filled with the kernel's
@@ -473,8 +463,7 @@ def ms_eden_gemms(
     """:func:`ms_eden` of the two operands of each of a backward's GEMMs (one or two), operand
     ``i`` of the list into amax row ``i`` of the zeroed ``stats``: the amax pass of all of them in
     one launch, then the quantize pass of ``GEMMS`` GEMMs' operands per launch (``configs``), each
-    launch made when its first GEMM's operands are asked for. Bit for bit the separate calls.
-    ``rotation``: as for :func:`ms_eden`."""
+    launch made when its first GEMM's operands are asked for. Bit for bit the separate calls."""
     slots = [[_Slot.of(operand) for operand in gemm] for gemm in gemms]
     _pass([slot for gemm in slots for slot in gemm], rotation, stats, 0, amax_pass=True)
     per_launch = config("ms_eden_quantize", rotation.device)["GEMMS"]

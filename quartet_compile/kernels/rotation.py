@@ -44,65 +44,36 @@ def dot_split(x, rotation, SPLITS: tl.constexpr, EMULATED: tl.constexpr):
     return acc
 
 
-SIGN_BITS = tl.constexpr(32)
-"""Signs a rotation takes from each int64 word of its random draw: the word's low 32 bits."""
-
-
-def sign_words(n: int) -> int:
-    """int64 words of random bits that the signs of a rotation of size ``n`` take."""
-    return -(-n // SIGN_BITS.value)
-
-
-def rotation_words(n: int, device: torch.device) -> Tensor:
-    """Fresh random words for a rotation of size ``n``, from PyTorch's default generator: what the
-    backward draws with its operands' seeds, for kernels and benchmarks that run alone."""
-    return torch.randint(0, 2**62, (sign_words(n),), device=device)
-
-
-@triton.jit
-def drawn_signs(words_ptr, i):
-    """Sign ``i``: -1 where bit ``i % 32`` of word ``i // 32`` is set. Bits of a draw cost a few
-    integer operations where a program rebuilds the rotation (Philox per sign, inlined into the
-    layout of the rotation's rows, took 255 registers)."""
-    word = tl.load(words_ptr + i // SIGN_BITS)
-    return tl.where(((word >> (i % SIGN_BITS)) & 1) == 1, -1.0, 1.0)
-
-
-@triton.jit
-def signed_sylvester(i, j, sign):
-    """bf16 entries ``(i, j)`` of ``D H``: ``(-1)^popcount(i & j)`` times ``sign`` (of row ``i``);
-    the parity of up to 16 bits is folded with shifts."""
-    bits = i[:, None] & j[None, :]
-    for shift in tl.static_range(4):
-        bits = bits ^ (bits >> (8 >> shift))
-    return tl.where((bits & 1) == 1, -sign[:, None], sign[:, None]).to(tl.bfloat16)
-
-
 @triton.jit
 def _rotation_kernel(
-    source_ptr, out_ptr, zero_ptr, zero_numel, N: tl.constexpr, FROM_BITS: tl.constexpr, ZERO_BLOCK: tl.constexpr
+    source_ptr, out_ptr, zero_ptr, zero_numel, N: tl.constexpr, FROM_SEED: tl.constexpr, ZERO_BLOCK: tl.constexpr
 ):
-    """``D H`` stored column-major, the signs read from ``source_ptr`` or with FROM_BITS taken
-    from the random int64 words there (:func:`drawn_signs`). The first ``zero_numel`` floats of
-    ``zero_ptr`` are zeroed in the same launch."""
+    """Row ``i`` of the Sylvester matrix, ``(-1)^popcount(i & j)``, times ``sign[i]``, stored
+    column-major; the parity of up to 16 bits is folded with shifts. The signs are read from
+    ``source_ptr``, or with FROM_SEED drawn from Philox with the int64 seed there (uniform ``u_i``
+    at offset ``i``, sign -1 where ``u_i < 0.5``, as ``nvfp4.randomness.random_signs`` maps its
+    uniforms). The first ``zero_numel`` floats of ``zero_ptr`` are zeroed in the same launch."""
     i = tl.arange(0, N)
-    if FROM_BITS:
-        sign = drawn_signs(source_ptr, i)
+    bits = i[:, None] & i[None, :]
+    for shift in tl.static_range(4):
+        bits = bits ^ (bits >> (8 >> shift))
+    if FROM_SEED:
+        sign = tl.where(tl.rand(tl.load(source_ptr), i) < 0.5, -1.0, 1.0)[:, None]
     else:
-        sign = tl.load(source_ptr + i)
-    tl.store(out_ptr + i[:, None] + i[None, :] * N, signed_sylvester(i, i, sign))
+        sign = tl.load(source_ptr + i)[:, None]
+    tl.store(out_ptr + i[:, None] + i[None, :] * N, tl.where((bits & 1) == 1, -sign, sign).to(tl.bfloat16))
     z = tl.arange(0, ZERO_BLOCK)
     tl.store(zero_ptr + z, tl.zeros([ZERO_BLOCK], dtype=tl.float32), mask=z < zero_numel)
 
 
-def _rotation(n: int, source: Tensor, from_bits: bool, zero: Tensor | None) -> Tensor:
+def _rotation(n: int, source: Tensor, from_seed: bool, zero: Tensor | None) -> Tensor:
     if n & (n - 1) or not 1 <= n <= 2**16:
         raise ValueError(f"rotation size must be a power of two up to 2**16, got {n}")
     out = torch.empty_strided((n, n), (1, n), dtype=torch.bfloat16, device=source.device)
     if zero is None:
         zero = out.new_empty(0, dtype=torch.float32)
     block = max(1, 1 << (zero.numel() - 1).bit_length())
-    run(_rotation_kernel, (1,), source, out, zero, zero.numel(), N=n, FROM_BITS=from_bits, ZERO_BLOCK=block)
+    run(_rotation_kernel, (1,), source, out, zero, zero.numel(), N=n, FROM_SEED=from_seed, ZERO_BLOCK=block)
     return out
 
 
@@ -111,14 +82,11 @@ def rotation_matrix(signs: Tensor) -> Tensor:
     call, shared by both operands of each GEMM so that the rotation cancels in the product.
     Stored column-major (strides ``(1, n)``): the MS-EDEN kernel gathers whole columns in
     ``ms_eden._accumulator_order``, and contiguous columns keep those loads vectorized."""
-    return _rotation(signs.numel(), signs.to(torch.float32), from_bits=False, zero=None)
+    return _rotation(signs.numel(), signs.to(torch.float32), from_seed=False, zero=None)
 
 
-def random_rotation(n: int, words: Tensor, zero: Tensor | None = None) -> Tensor:
-    """``D H`` with ``n`` random signs taken from the bits of ``words`` (:func:`sign_words` int64
-    device words, drawn by the backward with its operands' seeds), in one launch, which also
-    zeroes the float32 scratch ``zero`` (the amax buffers of the backward's quantizers)."""
-    if words.dtype != torch.int64 or words.numel() < sign_words(n):
-        got = f"{words.dtype} {tuple(words.shape)}"
-        raise ValueError(f"a rotation of size {n} takes {sign_words(n)} int64 words, got {got}")
-    return _rotation(n, words, from_bits=True, zero=zero)
+def random_rotation(n: int, seed: Tensor, zero: Tensor | None = None) -> Tensor:
+    """``D H`` with ``n`` random signs drawn from Philox with ``seed`` (an int64 0-d device
+    tensor, drawn by the backward with its operands' seeds), in one launch, which also zeroes the
+    float32 scratch ``zero`` (the amax buffers of the backward's quantizers)."""
+    return _rotation(n, seed, from_seed=True, zero=zero)
