@@ -406,7 +406,7 @@ def test_inductor_fuses_the_cublas_epilogue_into_its_neighbours():
     uncompiled op computes (``test_inductor_launches_compute_what_the_ops_compute``)."""
     from torch._inductor.utils import run_and_get_code
 
-    layer, x, w, g = _cuda_layer("quartet2")
+    layer, x, w, _ = _cuda_layer("quartet2")
     compiled = torch.compile(lambda x, w: torch.nn.functional.silu(layer(x, w)).float().square().sum(), fullgraph=True)
     _, codes = run_and_get_code(lambda: compiled(x, w).backward())
     assert len(codes) == 2 and all("extern_kernels.mm" in code for code in codes)
