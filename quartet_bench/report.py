@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shlex
 import sys
@@ -21,12 +22,27 @@ from .variants import BASELINE
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """Device, versions and the command line: recorded in every result file."""
+    """Device, versions, host and the command line: recorded in every result file."""
     versions = package_versions(("triton", "quartet-compile", "transformers", "torch-tensorrt", "fouroversix"))
     versions["cuda"] = torch.version.cuda
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     command = getattr(sys, "orig_argv", sys.argv)  # orig_argv keeps "python -m module" (Python >= 3.10)
-    return {"device": name, "versions": versions, "command": shlex.join([Path(command[0]).name, *command[1:]])}
+    return {"device": name, "versions": versions, "host": host_machine(),
+            "command": shlex.join([Path(command[0]).name, *command[1:]])}  # fmt: skip
+
+
+def host_machine() -> dict[str, Any]:
+    """The CPU that issues the launches: its model, the CPUs this process may run on and the load
+    when the run started. A default-mode step of a small model is bound by the host, whose speed
+    per launch varied between machines and processes by up to 2x."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {"cpu": model, "cpus": cpus, "load_1min": load}
 
 
 def _baseline(results: Sequence[RunResult]) -> RunResult | None:
@@ -118,7 +134,9 @@ def curve_table(results: Sequence[RunResult]) -> str:
 
 def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
     """Title, device, versions and command: the first lines of every markdown result file."""
-    return [f"# {title}", "", f"Device: {meta.get('device')}; versions: {meta.get('versions')}",
+    host = meta.get("host")
+    machine = [f"Host: {host['cpu']}, {host['cpus']} CPUs for this process, load {host['load_1min']}"] if host else []
+    return [f"# {title}", "", f"Device: {meta.get('device')}; versions: {meta.get('versions')}", *machine,
             f"Command: `{meta.get('command')}`", ""]  # fmt: skip
 
 

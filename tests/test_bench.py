@@ -164,7 +164,9 @@ def test_result_files_round_trip(tmp_path):
     paths = report.write(results, tmp_path, "ab", report.environment(torch.device("cpu")))
     assert sorted(p.suffix for p in paths) == [".json", ".md", ".png"]
     payload = json.loads((tmp_path / "ab.json").read_text())
-    assert {"device", "versions", "command"} <= set(payload) and payload["results"][1]["median_step_ms"] == 25.0
+    assert {"device", "versions", "host", "command"} <= set(payload) and payload["results"][1]["median_step_ms"] == 25.0
+    assert payload["host"]["cpus"] >= 1 and payload["host"]["cpu"]
+    assert "Host: " in (tmp_path / "ab.md").read_text()
     loaded, meta = report.load(tmp_path / "ab.json")
     assert loaded[1].val_bpb == [(2, 2.1)] and loaded[1].median_step_ms == 25.0 and meta["device"]
     assert (tmp_path / "ab.png").stat().st_size > 1000
