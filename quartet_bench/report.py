@@ -133,7 +133,8 @@ def curve_table(results: Sequence[RunResult]) -> str:
 
 
 def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
-    """Title, device, versions and command: the first lines of every markdown result file."""
+    """Title, device, versions, host (where recorded) and command: the first lines of every
+    markdown result file."""
     host = meta.get("host")
     machine = [f"Host: {host['cpu']}, {host['cpus']} CPUs for this process, load {host['load_1min']}"] if host else []
     return [f"# {title}", "", f"Device: {meta.get('device')}; versions: {meta.get('versions')}", *machine,
