@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +52,27 @@ VARIANTS: dict[str, Variant] = {
 """Names accepted by ``--variants``: ``eager``, ``inductor`` (the BF16 baseline), every recipe by
 its own name (``bf16`` is the quartet backend with nothing quantized: the cost of the graph
 rewrite alone), and the peers ``tensorrt`` and ``fouroversix`` (the peer package's own linear
-module). A recipe's name may be followed by boolean backend options to switch on, each after a
-``+`` (``quartet2+fuse_projections``), so that one comparison holds both."""
+module). A recipe's name may be followed by boolean backend options, each after a ``+``, on by
+default or set with ``=true``/``=false`` (``quartet2+fuse_projections``,
+``quartet2+cpp_wrapper=false``), so that one comparison holds both; ``inductor+cpp_wrapper`` is
+Inductor launching from its C++ wrapper."""
 
-FLAGS = frozenset(f.name for f in dataclasses.fields(QuartetConfig) if f.type in ("bool", bool))
-"""The boolean options of :class:`QuartetConfig`, which a variant name can switch on."""
+FLAGS = frozenset(f.name for f in dataclasses.fields(QuartetConfig) if f.type in ("bool", bool, "bool | None"))
+"""The boolean options of :class:`QuartetConfig`, which a variant name can set."""
+
+INDUCTOR_FLAGS = frozenset({"cpp_wrapper"})
+"""The options of the ``inductor`` variant (:func:`quartet_compile.compiler.inductor`'s)."""
+
+
+def option_values(options: tuple[str, ...]) -> dict[str, bool]:
+    """``("a", "b=false")`` -> ``{"a": True, "b": False}``."""
+    values = {}
+    for option in options:
+        name, _, value = option.partition("=")
+        if value.lower() not in ("", "true", "false"):
+            raise ValueError(f"{option}: a variant option is on, or set with =true or =false")
+        values[name] = value.lower() != "false"
+    return values
 
 
 def parse_variants(names: str | list[str]) -> list[Variant]:
@@ -67,8 +84,12 @@ def parse_variants(names: str | list[str]) -> list[Variant]:
     for name in names:
         base, *options = name.split("+")
         variant = VARIANTS[base]
-        if options and (variant.kind is not Kind.QUARTET or not set(options) <= FLAGS):
-            raise ValueError(f"{name}: only the recipes take options after '+', from {sorted(FLAGS)}")
+        allowed = {Kind.QUARTET: FLAGS, Kind.INDUCTOR: INDUCTOR_FLAGS}.get(variant.kind, frozenset())
+        if not set(option_values(tuple(options))) <= allowed:
+            raise ValueError(
+                f"{name}: the recipes take options after '+' from {sorted(FLAGS)}, "
+                f"inductor from {sorted(INDUCTOR_FLAGS)}"
+            )
         variants.append(dataclasses.replace(variant, name=name, options=tuple(options)))
     return variants
 
@@ -91,13 +112,13 @@ def backend_for(variant: Variant, quartet_options: dict[str, Any]) -> _CountingB
     if variant.kind is Kind.EAGER:
         return None
     if variant.kind is Kind.QUARTET:
-        options = {**quartet_options, **dict.fromkeys(variant.options, True)}
+        options = {**quartet_options, **option_values(variant.options)}
         return _CountingBackend(QuartetBackend(QuartetConfig(recipe=variant.recipe, **options)))
     if variant.kind is Kind.TENSORRT:
         import torch_tensorrt  # noqa: F401  (registers the backend)
 
         return _CountingBackend(torch._dynamo.lookup_backend("torch_tensorrt"))
-    return _CountingBackend(inductor)
+    return _CountingBackend(functools.partial(inductor, **option_values(variant.options)))
 
 
 def swap_in_fouroversix(model: nn.Module) -> None:

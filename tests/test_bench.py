@@ -492,7 +492,11 @@ def test_a_variant_switches_backend_options_on_after_a_plus():
     assert (fused.name, fused.recipe, fused.options) == (names[2], Recipe.QUARTET2, ("fuse_projections",))
     assert backend_for(fused, {}).inner.config.fuse_projections
     assert not backend_for(parse_variants("quartet2")[0], {}).inner.config.fuse_projections
-    for bad in ("inductor+fuse_projections", "quartet2+min_features", "quartet2+nope", "nope", ""):
+    python_wrapper = parse_variants("quartet2+cpp_wrapper=false")[0]
+    assert backend_for(python_wrapper, {}).inner.config.cpp_wrapper is False
+    assert backend_for(parse_variants("inductor+cpp_wrapper")[0], {}).inner.keywords == {"cpp_wrapper": True}
+    for bad in ("inductor+fuse_projections", "quartet2+min_features", "quartet2+nope", "quartet2+cpp_wrapper=0",
+                "nope", ""):  # fmt: skip
         with pytest.raises(argparse.ArgumentTypeError):
             variant_list(bad)
 

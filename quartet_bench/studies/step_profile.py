@@ -12,10 +12,11 @@ The step is the training loop's (autocast bf16, backward, clipping, AdamW) on on
 "host" is the median time until the step's Python returns, before waiting for the device: a
 step whose host time equals its step time, well above its kernel sum, is host-bound (the GPU
 waits for launches; ``--mode reduce-overhead`` removes that). On CPU the step is timed and no
-kernels are listed. For each quartet variant, "host us / linear" and "launches / linear" are its
-excess over the baseline divided by the number of linear layers the backend took over: what one
-such layer's forward and backward add to the step beyond the BF16 layer it replaces (for the
-``bf16`` recipe, the cost of the op layer alone). "device mallocs" counts the caching allocator's
+kernels are listed. "first step s" is the first step's wall time, the compile included. For each
+quartet variant, "host us / linear" and "launches / linear" are its excess over the baseline
+divided by the number of linear layers the backend took over: what one such layer's forward and
+backward add to the step beyond the BF16 layer it replaces (for the ``bf16`` recipe, the cost of
+the op layer alone). "device mallocs" counts the caching allocator's
 ``cudaMalloc`` and ``cudaFree`` calls per timed step: nonzero means the allocator has not settled,
 and a free waits for the device, which inflates host time.
 """
@@ -116,12 +117,17 @@ def variant_steps(
 
 
 def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
-    """Median ms of ``steps`` steps after ``warmup`` (the training loop's timer) and of their
-    host issue time, then ``steps`` more under the profiler for the kernel breakdown."""
-    for _ in range(warmup):
+    """Seconds of the first step (which compiles), median ms of ``steps`` steps after ``warmup``
+    (the training loop's timer) and of their host issue time, then ``steps`` more under the
+    profiler for the kernel breakdown."""
+    started = time.perf_counter()
+    for i in range(max(warmup, 1)):
         step()
+        if i == 0:
+            _synchronize(device)
+            first_step_s = time.perf_counter() - started
+    _synchronize(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     timer = Timer(device)
     times, host = [], []
@@ -141,7 +147,12 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), "peak_gib": peak,
-            "device_mallocs": device_mallocs, **breakdown(kernels, steps)}  # fmt: skip
+            "device_mallocs": device_mallocs, "first_step_s": first_step_s, **breakdown(kernels, steps)}  # fmt: skip
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _allocator_counts(device: torch.device) -> float:
@@ -171,14 +182,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines += [f"{meta['model']}, batch {meta['batch']} x {meta['seq_len']}, mode {meta['mode']}; ms per step, "
               f"ratios to {rows[0]['variant']}.", ""]  # fmt: skip
     header = ["variant", "step", "x", "host", "kernels", "x kernels", "launches", "quartet linears",
-              "host us / linear", "launches / linear", "peak GiB", "device mallocs", *columns]  # fmt: skip
+              "host us / linear", "launches / linear", "peak GiB", "device mallocs", "first step s",
+              *columns]  # fmt: skip
     cells = []
     for r in rows:
         extra = [f"{r[k]:.0f}" if k in r else "-" for k in ("host_us_per_linear", "launches_per_linear")]
         cells.append([r["variant"], f"{r['step_ms']:.2f}", f"{r['x_step']:.2f}", f"{r['host_ms']:.2f}",
                       f"{r['kernel_ms']:.2f}", f"{r['x_kernels']:.2f}", f"{r['launches']:.0f}",
                       str(r["quartet_linears"]), *extra, f"{r['peak_gib']:.2f}", f"{r['device_mallocs']:.1f}",
-                      *(f"{r['families_ms'][c]:.2f}" for c in columns)])  # fmt: skip
+                      f"{r['first_step_s']:.1f}", *(f"{r['families_ms'][c]:.2f}" for c in columns)])  # fmt: skip
     lines.append(report.markdown_table(header, cells))
     for r in rows:
         lines += ["", f"{r['variant']}: most expensive kernels", "", "| kernel | ms | launches |", "|---|---:|---:|"]
