@@ -12,10 +12,12 @@ Logging: the ``quartet_compile`` logger (INFO: a summary per graph, DEBUG: every
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -34,16 +36,59 @@ def _inner_compile(gm: fx.GraphModule, example_inputs: list, config: QuartetConf
         from torch._dynamo.backends.registry import lookup_backend
 
         return lookup_backend("aot_eager")(gm, example_inputs)
-    return inductor(gm, example_inputs, mode=mode)
+    if config.cpp_wrapper is None and cpp_wrapper_pays(example_inputs, mode):
+        return _inductor_from_cpp_or_python(gm, example_inputs, mode)
+    return inductor(gm, example_inputs, mode=mode, cpp_wrapper=config.cpp_wrapper)
 
 
-def inductor(gm: fx.GraphModule, example_inputs: list, mode: str | None = None) -> Callable:
+def _inductor_from_cpp_or_python(gm: fx.GraphModule, example_inputs: list, mode: str | None) -> Callable:
+    """The C++ wrapper the backend chose, or, where Inductor cannot build it (a C++ compiler or
+    Python's headers missing), the Python wrapper, with a warning: the same kernels, launched from
+    Python. A failure while the backward graph is compiled, at the first backward, is raised."""
+    original = copy.deepcopy(gm)
+    try:
+        return inductor(gm, example_inputs, mode=mode, cpp_wrapper=True)
+    except Exception as error:  # noqa: BLE001 - any failure of the optional C++ build
+        log.warning("quartet: Inductor's C++ wrapper failed (%s); this graph launches its kernels from Python", error)
+        return inductor(original, example_inputs, mode=mode, cpp_wrapper=False)
+
+
+def inductor(
+    gm: fx.GraphModule, example_inputs: list, mode: str | None = None, *, cpp_wrapper: bool | None = None
+) -> Callable:
     """Inductor as ``torch.compile(mode=...)`` would run it, callable as a backend object (the
-    registered ``"inductor"`` backend takes no ``mode``)."""
-    from torch._inductor import list_mode_options
+    registered ``"inductor"`` backend takes no ``mode``). ``cpp_wrapper``: whether the graph's
+    kernels are launched from generated C++ or from Python (``torch._inductor.config.cpp_wrapper``
+    for this graph alone; ``None`` leaves that setting as it is)."""
+    from torch._inductor import config, list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, config_patches=list_mode_options(mode) if mode else None)
+    patches = dict(list_mode_options(mode)) if mode else {}
+    if cpp_wrapper is not None:
+        patches["cpp_wrapper"] = cpp_wrapper
+    if cpp_wrapper:
+        # compile_fx adds the C++ wrapper's own settings (cubins kept for the C++ launches) only
+        # where cpp_wrapper is set globally: the backward, compiled at the first backward, reads
+        # the global setting. A per-graph C++ wrapper carries them itself.
+        from torch._inductor.compile_fx import get_cpp_wrapper_config
+
+        with config.patch(patches):
+            patches.update(get_cpp_wrapper_config())
+    return compile_fx(gm, example_inputs, config_patches=patches or None)
+
+
+def cpp_wrapper_pays(example_inputs: list, mode: str | None) -> bool:
+    """Whether a graph should launch its kernels from C++ when the user left it open: a CUDA graph
+    run without CUDA graphs, whose every launch costs host time (a quantized layer launches about
+    6 kernels more than a BF16 one, and Inductor's Python wrapper takes several times the C++
+    one's time per launch). CUDA-graph replays launch nothing from the host, and on CPU the
+    kernels, not their launches, take the time."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import list_mode_options
+
+    on_cuda = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
+    cudagraphs = (list_mode_options(mode) if mode else {}).get("triton.cudagraphs", inductor_config.triton.cudagraphs)
+    return on_cuda and not cudagraphs
 
 
 def log_decisions(decisions: list[MatmulDecision]) -> None:

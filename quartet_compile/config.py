@@ -81,6 +81,11 @@ class QuartetConfig:
       numerics everywhere, for debugging and comparison).
     - ``inner_backend``: what compiles the rewritten graph: ``inductor`` (default),
       ``aot_eager`` (AOTAutograd without codegen, for debugging) or ``eager``.
+    - ``cpp_wrapper``: whether Inductor launches the compiled graphs' kernels from generated C++
+      (``torch._inductor.config.cpp_wrapper``) or from Python. ``None`` (default): C++ for CUDA
+      graphs run without CUDA graphs (the default mode), where the host's time per launch bounds
+      a small model's step; Inductor's setting elsewhere. It costs a C++ compile per graph at
+      the first step (see docs/results.md).
     - ``cache_inference_weights``: where no backward will run (``torch.no_grad``,
       ``torch.inference_mode``, nothing requiring grad), quantize each weight once per parameter
       version and keep it (the same numbers; the FP4 weight, and on GPUs without FP4 tensor cores
@@ -105,6 +110,7 @@ class QuartetConfig:
     weight_buffers: tuple[str, ...] = ()
     kernel_preference: KernelPreference = KernelPreference.AUTO
     inner_backend: InnerBackend = "inductor"
+    cpp_wrapper: bool | None = None
     cache_inference_weights: bool = False
     fuse_projections: bool = False
 
@@ -121,6 +127,7 @@ class QuartetConfig:
         _check_type("keep_output_head", self.keep_output_head, (bool,), "True or False")
         _check_type("min_features", self.min_features, (int,), "a non-negative int")
         _check_type("seed", self.seed, (int, type(None)), "an int or None")
+        _check_type("cpp_wrapper", self.cpp_wrapper, (bool, type(None)), "True, False or None")
         _check_type("cache_inference_weights", self.cache_inference_weights, (bool,), "True or False")
         _check_type("fuse_projections", self.fuse_projections, (bool,), "True or False")
         if self.four_over_six is not None and _RECIPES[self.recipe].forward not in (

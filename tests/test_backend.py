@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import quartet_compile
 from quartet_bench.models import Llama, LlamaConfig
@@ -206,6 +207,7 @@ def test_options_and_backend_object_agree_and_bad_options_fail():
         ({"four_over_six": "yes"}, TypeError, "'four_over_six' takes True, False or None"),
         ({"keep_bf16": [1]}, TypeError, "'keep_bf16' takes a string or a list of strings"),
         ({"inner_backend": "jit"}, ValueError, "'inner_backend' takes one of inductor, aot_eager, eager"),
+        ({"cpp_wrapper": "on"}, TypeError, "'cpp_wrapper' takes True, False or None"),
         ({"recipe": "nvidia", "four_over_six": True}, ValueError, "'four_over_six' applies to"),
     ],
 )
@@ -214,6 +216,80 @@ def test_options_are_validated_when_the_backend_is_built(options, error, message
         backend(**options)
     with pytest.raises(error, match=re.escape(message)):
         QuartetConfig.from_options(options)
+
+
+def test_cuda_graphs_run_without_cuda_graphs_launch_from_cpp_unless_told_otherwise(monkeypatch):
+    """The backend hands Inductor ``cpp_wrapper`` for a CUDA graph in the default mode (where the
+    host's launches bound a small model's step), not for CPU graphs or CUDA-graph modes, and the
+    option overrides it either way."""
+    import torch._inductor.compile_fx
+
+    from quartet_compile import compiler
+
+    patches = []
+    monkeypatch.setattr(
+        torch._inductor.compile_fx, "compile_fx", lambda gm, inputs, config_patches: patches.append(config_patches)
+    )
+    gm = torch.fx.symbolic_trace(nn.Linear(4, 4))
+    with FakeTensorMode():
+        on_cuda = [torch.empty(2, 4, device="cuda")]
+    on_cpu = [torch.randn(2, 4)]
+    cases = [  # inputs, cpp_wrapper option, mode, what the graph's config patches set
+        (on_cuda, None, None, True),
+        (on_cuda, None, "max-autotune-no-cudagraphs", True),
+        (on_cuda, None, "reduce-overhead", "unset"),
+        (on_cpu, None, None, "unset"),
+        (on_cuda, False, None, False),
+        (on_cpu, True, None, True),
+    ]
+    for inputs, option, mode, expected in cases:
+        compiler._inner_compile(gm, inputs, QuartetConfig(cpp_wrapper=option), mode)
+        assert (patches.pop() or {}).get("cpp_wrapper", "unset") == expected, (option, mode)
+    with torch._inductor.config.patch({"triton.cudagraphs": True}):
+        assert not compiler.cpp_wrapper_pays(on_cuda, None)
+
+
+def test_a_cpp_wrapper_the_backend_chose_falls_back_to_python_where_it_cannot_be_built(monkeypatch, caplog):
+    from quartet_compile import compiler
+
+    def inductor(gm, inputs, mode=None, *, cpp_wrapper=None):
+        if cpp_wrapper:
+            raise RuntimeError("no C++ compiler")
+        return "python wrapper"
+
+    monkeypatch.setattr(compiler, "inductor", inductor)
+    gm = torch.fx.symbolic_trace(nn.Linear(4, 4))
+    with FakeTensorMode():
+        on_cuda = [torch.empty(2, 4, device="cuda")]
+    with caplog.at_level(logging.WARNING, logger="quartet_compile"):
+        assert compiler._inner_compile(gm, on_cuda, QuartetConfig(), None) == "python wrapper"
+    assert "C++ wrapper failed (no C++ compiler)" in caplog.text
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):  # asked for: the error is the user's to see
+        compiler._inner_compile(gm, on_cuda, QuartetConfig(cpp_wrapper=True), None)
+
+
+@torch._inductor.config.patch(fx_graph_cache=False)  # every graph generated, not loaded
+def test_the_cpp_wrapper_trains_as_the_python_wrapper_does(monkeypatch):
+    """Inductor's C++ wrapper (the backend's choice on CUDA, forced here on the CPU) calls the
+    backend's ops, with their string and dtype arguments, from generated C++, the backward graph
+    included, and computes what the Python wrapper does, bit for bit."""
+    from torch._inductor.graph import GraphLowering
+
+    generated = []
+    codegen = GraphLowering.codegen_with_cpp_wrapper
+    monkeypatch.setattr(GraphLowering, "codegen_with_cpp_wrapper", lambda self: generated.append(1) or codegen(self))
+    model = tiny_llama()
+    batches = token_batches(2)
+    runs = []
+    for cpp_wrapper in (True, False):
+        torch._dynamo.reset()
+        runs.append(train(torch.compile(copy.deepcopy(model), backend=backend(cpp_wrapper=cpp_wrapper)), batches))
+        assert len(generated) == 2  # the forward and the backward graph, in C++ only when asked
+    (losses, grads), (py_losses, py_grads) = runs
+    assert torch.isfinite(losses).all() and torch.equal(losses, py_losses)
+    assert grads.keys() == py_grads.keys()
+    for name, g in grads.items():
+        assert torch.equal(g, py_grads[name]), name
 
 
 def test_activation_checkpointing_rewrites_inside_and_matches():
