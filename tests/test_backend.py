@@ -272,19 +272,20 @@ def test_a_cpp_wrapper_the_backend_chose_falls_back_to_python_where_it_cannot_be
 def test_the_cpp_wrapper_trains_as_the_python_wrapper_does(monkeypatch):
     """Inductor's C++ wrapper (the backend's choice on CUDA, forced here on the CPU) calls the
     backend's ops, with their string and dtype arguments, from generated C++, the backward graph
-    included, and computes what the Python wrapper does, bit for bit."""
+    and a recompile for a dynamic sequence length included, and computes what the Python wrapper
+    does, bit for bit."""
     from torch._inductor.graph import GraphLowering
 
     generated = []
     codegen = GraphLowering.codegen_with_cpp_wrapper
     monkeypatch.setattr(GraphLowering, "codegen_with_cpp_wrapper", lambda self: generated.append(1) or codegen(self))
     model = tiny_llama()
-    batches = token_batches(2)
+    batches = token_batches(1) + token_batches(1, seq=128, seed=1)
     runs = []
     for cpp_wrapper in (True, False):
         torch._dynamo.reset()
         runs.append(train(torch.compile(copy.deepcopy(model), backend=backend(cpp_wrapper=cpp_wrapper)), batches))
-        assert len(generated) == 2  # the forward and the backward graph, in C++ only when asked
+        assert len(generated) == 4  # forward and backward, static and dynamic: in C++ only when asked
     (losses, grads), (py_losses, py_grads) = runs
     assert torch.isfinite(losses).all() and torch.equal(losses, py_losses)
     assert grads.keys() == py_grads.keys()
