@@ -270,19 +270,22 @@ def test_a_cpp_wrapper_the_backend_chose_falls_back_to_python_where_it_cannot_be
 
 @torch._inductor.config.patch(fx_graph_cache=False)  # every graph generated, not loaded
 def test_the_cpp_wrapper_trains_as_the_python_wrapper_does(monkeypatch):
-    """Inductor's C++ wrapper (the backend's choice on CUDA, forced here on the CPU) calls the
+    """Inductor's C++ wrapper (the backend's choice on CUDA, made here on the CPU) calls the
     backend's ops, with their string and dtype arguments, from generated C++, the backward graph
     and a recompile for a dynamic sequence length included, and computes what the Python wrapper
     does, bit for bit."""
     from torch._inductor.graph import GraphLowering
 
+    from quartet_compile import compiler
+
     generated = []
     codegen = GraphLowering.codegen_with_cpp_wrapper
     monkeypatch.setattr(GraphLowering, "codegen_with_cpp_wrapper", lambda self: generated.append(1) or codegen(self))
+    monkeypatch.setattr(compiler, "cpp_wrapper_pays", lambda example_inputs, mode: True)  # as on a GPU
     model = tiny_llama()
     batches = token_batches(1) + token_batches(1, seq=128, seed=1)
     runs = []
-    for cpp_wrapper in (True, False):
+    for cpp_wrapper in (None, False):
         torch._dynamo.reset()
         runs.append(train(torch.compile(copy.deepcopy(model), backend=backend(cpp_wrapper=cpp_wrapper)), batches))
         assert len(generated) == 4  # forward and backward, static and dynamic: in C++ only when asked
