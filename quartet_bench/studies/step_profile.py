@@ -16,9 +16,9 @@ kernels are listed. "first step s" is the first step's wall time, the compile in
 quartet variant, "host us / linear" and "launches / linear" are its excess over the baseline
 divided by the number of linear layers the backend took over: what one such layer's forward and
 backward add to the step beyond the BF16 layer it replaces (for the ``bf16`` recipe, the cost of
-the op layer alone). "device mallocs" counts the caching allocator's
-``cudaMalloc`` and ``cudaFree`` calls per timed step: nonzero means the allocator has not settled,
-and a free waits for the device, which inflates host time.
+the op layer alone). "device mallocs" counts the caching allocator's ``cudaMalloc`` and
+``cudaFree`` calls per timed step: nonzero means the allocator has not settled, and a free waits
+for the device, which inflates host time.
 """
 
 from __future__ import annotations
