@@ -121,11 +121,11 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
     (the training loop's timer) and of their host issue time, then ``steps`` more under the
     profiler for the kernel breakdown."""
     started = time.perf_counter()
-    for i in range(max(warmup, 1)):
+    step()
+    _synchronize(device)
+    first_step_s = time.perf_counter() - started
+    for _ in range(warmup - 1):
         step()
-        if i == 0:
-            _synchronize(device)
-            first_step_s = time.perf_counter() - started
     _synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -142,8 +142,7 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
     with profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _synchronize(device)
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), "peak_gib": peak,
