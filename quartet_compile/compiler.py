@@ -60,10 +60,10 @@ def inductor(
     registered ``"inductor"`` backend takes no ``mode``). ``cpp_wrapper``: whether the graph's
     kernels are launched from generated C++ or from Python (``torch._inductor.config.cpp_wrapper``
     for this graph alone; ``None`` leaves that setting as it is)."""
-    from torch._inductor import config, list_mode_options
+    from torch._inductor import config
     from torch._inductor.compile_fx import compile_fx
 
-    patches = dict(list_mode_options(mode)) if mode else {}
+    patches = _mode_options(mode)
     if cpp_wrapper is not None:
         patches["cpp_wrapper"] = cpp_wrapper
     if cpp_wrapper:
@@ -84,11 +84,16 @@ def cpp_wrapper_pays(example_inputs: list, mode: str | None) -> bool:
     one's time per launch). CUDA-graph replays launch nothing from the host, and on CPU the
     kernels, not their launches, take the time."""
     from torch._inductor import config as inductor_config
-    from torch._inductor import list_mode_options
 
     on_cuda = any(isinstance(x, torch.Tensor) and x.device.type == "cuda" for x in example_inputs)
-    cudagraphs = (list_mode_options(mode) if mode else {}).get("triton.cudagraphs", inductor_config.triton.cudagraphs)
-    return on_cuda and not cudagraphs
+    return on_cuda and not _mode_options(mode).get("triton.cudagraphs", inductor_config.triton.cudagraphs)
+
+
+def _mode_options(mode: str | None) -> dict[str, Any]:
+    """The Inductor settings ``torch.compile(mode=...)`` patches in (none for the default mode)."""
+    from torch._inductor import list_mode_options
+
+    return dict(list_mode_options(mode)) if mode else {}
 
 
 def log_decisions(decisions: list[MatmulDecision]) -> None:
