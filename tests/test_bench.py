@@ -415,6 +415,26 @@ def test_step_profile_groups_kernels_by_family(tmp_path):
         profile.main(["--model", "tiny", "--variants", "fouroversix", "--device", "cpu"])
 
 
+def test_step_profile_times_every_step_before_profiling_any():
+    """The profiler leaves CUPTI behind, which slows later launches: a step timed after another's
+    profile would pay for it. A step that compiles while profiled is an error."""
+    profile = _bench_script("step_profile")
+    calls = []
+    steps = [(name, lambda name=name: calls.append(name)) for name in ("base", "variant")]
+    measured = profile.measure_all(iter(steps), torch.device("cpu"), warmup=2, steps=3)
+    assert [name for name, _ in measured] == ["base", "variant"]
+    assert calls == ["base"] * 5 + ["variant"] * 5 + ["base"] * 3 + ["variant"] * 3
+    assert all(row["step_ms"] > 0 and "kernel_ms" in row for _, row in measured)
+    double = torch.compile(lambda x: x * 2, backend="eager")
+
+    def recompiling() -> None:
+        torch._dynamo.reset()
+        double(torch.ones(2))
+
+    with pytest.raises(RuntimeError, match="compiled again"):
+        profile.measure_all(iter([("recompiling", recompiling)]), torch.device("cpu"), warmup=1, steps=1)
+
+
 def test_gemm_routes_cover_every_linear_and_its_gradients(monkeypatch):
     """Three GEMMs per distinct linear; the weight gradient reduces over the tokens into a
     float32 [N, K] output; the table shows what ships and its ratio to bf16."""

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for round_ in range(args.rounds):
         for arm, patch in (("default", {}), ("set", {name: value})):
+            torch._dynamo.reset()
             with torch._inductor.config.patch({**IN_PROCESS, **patch}):  # spans the first calls, which compile
                 step, _ = training_step(args.variant, spec, settings, device, "inductor")
                 row = measure(step, device, args.warmup, args.steps)

@@ -18,7 +18,8 @@ divided by the number of linear layers the backend took over: what one such laye
 backward add to the step beyond the BF16 layer it replaces (for the ``bf16`` recipe, the cost of
 the op layer alone). "device mallocs" counts the caching allocator's ``cudaMalloc`` and
 ``cudaFree`` calls per timed step: nonzero means the allocator has not settled, and a free waits
-for the device, which inflates host time.
+for the device, which inflates host time. Every variant is timed before any is profiled (a
+profile slows every later launch in the process), so all of them stay on the device together.
 """
 
 from __future__ import annotations
@@ -84,7 +85,6 @@ def training_step(
     chosen = parse_variants(variant)[0]
     if chosen.kind not in (Kind.EAGER, Kind.INDUCTOR, Kind.QUARTET):
         raise SystemExit(f"{variant}: the step profile covers eager, inductor and quartet variants")
-    torch._dynamo.reset()
     torch.manual_seed(0)
     model = spec.build().to(device)
     backend = backend_for(chosen, {"inner_backend": inner})
@@ -110,16 +110,49 @@ def variant_steps(
     args: argparse.Namespace, spec: ModelSpec, device: torch.device, compile_mode: str | None = None
 ) -> Iterator[tuple[str, Callable[[], None], Callable[[], int]]]:
     """Each of ``args.variants`` with its :func:`training_step` on ``args``' batch shape, built
-    only when the previous one has been measured."""
+    only when the previous one has been measured. Dynamo's caches are cleared once, before the
+    first: the variants' compiled steps live side by side (each under its own backend)."""
+    if len(args.variants) > torch._dynamo.config.recompile_limit:
+        raise SystemExit(f"at most {torch._dynamo.config.recompile_limit} variants: Dynamo's recompile limit")
+    torch._dynamo.reset()
     for variant in args.variants:
         settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=compile_mode)
         yield variant, *training_step(variant, spec, settings, device, args.inner_backend)
 
 
 def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
-    """Seconds of the first step (which compiles), median ms of ``steps`` steps after ``warmup``
-    (the training loop's timer) and of their host issue time, then ``steps`` more under the
-    profiler for the kernel breakdown."""
+    """:func:`time_steps` of ``step``, then :func:`profile_kernels` of it."""
+    return {**time_steps(step, device, warmup, steps), **profile_kernels(step, device, steps)}
+
+
+def measure_all(
+    steps_by_name: Iterable[tuple[str, Callable[[], None]]], device: torch.device, warmup: int, steps: int
+) -> list[tuple[str, dict]]:
+    """:func:`measure` of each named step, every one timed before any is profiled: once the
+    profiler has run, CUPTI stays subscribed in the process and slows every later launch
+    (pytorch/pytorch#144455), so a step timed after another's profile pays for it in host time.
+    The steps are built one at a time and all kept until their profiles: their parameters and
+    optimizer states stay on the device meanwhile, and each step's peak counts from what the earlier
+    ones hold. A profiled step that compiles again (its compiled code was dropped) is an error: its
+    kernels would be the compiler's."""
+    timed = []
+    held = _allocated(device)
+    for name, step in steps_by_name:
+        row = time_steps(step, device, warmup, steps)
+        timed.append((name, step, {**row, "peak_gib": row["peak_gib"] - held}))
+        held = _allocated(device)
+        print(f"{name}: {row['step_ms']:.2f} ms per step, host {row['host_ms']:.2f}", flush=True)
+    graphs = _graphs_compiled()
+    measured = [(name, {**row, **profile_kernels(step, device, steps)}) for name, step, row in timed]
+    if _graphs_compiled() != graphs:
+        raise RuntimeError("a step compiled again while its kernels were profiled; its profile is the compiler's")
+    return measured
+
+
+def time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
+    """Seconds of the first step (which compiles), then median ms of ``steps`` steps after
+    ``warmup`` (the training loop's timer) and of their host issue time, peak memory and device
+    allocations per step."""
     started = time.perf_counter()
     step()
     _synchronize(device)
@@ -139,14 +172,27 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: 
         host.append((time.perf_counter() - issued) * 1e3)
         times.append(timer.elapsed_ms(start))
     device_mallocs = (_allocator_counts(device) - allocator) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), "peak_gib": peak,
+            "device_mallocs": device_mallocs, "first_step_s": first_step_s}  # fmt: skip
+
+
+def profile_kernels(step: Callable[[], None], device: torch.device, steps: int) -> dict:
+    """:func:`breakdown` of ``steps`` steps under the profiler."""
     with profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
         _synchronize(device)
-    kernels = [(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"step_ms": statistics.median(times), "host_ms": statistics.median(host), "peak_gib": peak,
-            "device_mallocs": device_mallocs, "first_step_s": first_step_s, **breakdown(kernels, steps)}  # fmt: skip
+    return breakdown([(e.name, e.device_time) for e in prof.events() if e.device_type.name == "CUDA"], steps)
+
+
+def _allocated(device: torch.device) -> float:
+    """GiB the caching allocator has handed out on ``device`` (0 off CUDA)."""
+    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
+def _graphs_compiled() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -211,12 +257,18 @@ def main(argv: list[str] | None = None) -> None:
     spec = spec_from(args)
     mode = (args.mode or "default") + (" + cpp_wrapper" if args.cpp_wrapper else "")
     meta = {**step_meta(args, spec, device), "mode": mode}
+    built = []
+
+    def steps() -> Iterator[tuple[str, Callable[[], None]]]:
+        for variant, step, taken_over in variant_steps(args, spec, device, args.mode):
+            built.append(taken_over)
+            yield variant, step
+
     rows = []
-    for variant, step, taken_over in variant_steps(args, spec, device, args.mode):
-        row = {"variant": variant, **measure(step, device, args.warmup, args.steps), "quartet_linears": taken_over()}
+    measured_steps = measure_all(steps(), device, args.warmup, args.steps)
+    for (variant, measured), taken_over in zip(measured_steps, built, strict=True):
+        row = {"variant": variant, **measured, "quartet_linears": taken_over()}
         rows.append({**row, **per_linear(row, rows[0] if rows else row)})
-        print(f"{variant}: {row['step_ms']:.2f} ms per step, host {row['host_ms']:.2f}, kernels {row['kernel_ms']:.2f}",
-              flush=True)  # fmt: skip
     text = markdown(rows, meta)
     print(text)
     if args.out:
