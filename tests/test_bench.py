@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import pstats
 
 import pytest
@@ -433,6 +434,22 @@ def test_step_profile_times_every_step_before_profiling_any():
 
     with pytest.raises(RuntimeError, match="compiled again"):
         profile.measure_all(iter([("recompiling", recompiling)]), torch.device("cpu"), warmup=1, steps=1)
+
+
+def test_compile_time_runs_each_variant_in_a_process_with_empty_caches(tmp_path):
+    """Caches fill across variants, so each first step is a user's only in a fresh process with
+    caches of its own."""
+    study = _bench_script("compile_time")
+    study.main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--device", "cpu", "--variants", "eager,bf16",
+                "--inner-backend", "aot_eager", "--out", str(tmp_path)])  # fmt: skip
+    eager, bf16 = json.loads((tmp_path / "compile-time.json").read_text())["rows"]
+    assert (eager["variant"], bf16["variant"]) == ("eager", "bf16")
+    assert eager["quartet_linears"] == 0 and bf16["quartet_linears"] == 14
+    assert all(0 < r["second_step_s"] < r["first_step_s"] for r in (eager, bf16))
+    assert not eager["phases"] and bf16["phases"][0]["s"] >= bf16["phases"][-1]["s"] > 0
+    dirs = eager["cache_dirs"] + bf16["cache_dirs"]
+    assert len(set(dirs)) == 4 and os.environ.get("TORCHINDUCTOR_CACHE_DIR") not in dirs
+    assert "| bf16 |" in (tmp_path / "compile-time.md").read_text()
 
 
 def test_gemm_routes_cover_every_linear_and_its_gradients(monkeypatch):
