@@ -21,7 +21,7 @@ from quartet_compile import QuartetConfig, backend
 
 from .. import report
 from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from
-from .step_profile import measure, step_meta
+from .step_profile import measure_all, step_meta
 
 CASES = {
     "bf16 no_grad": ("inductor", True, False),
@@ -35,8 +35,8 @@ CASES = {
 def forward_step(model: torch.nn.Module, compiled_as: str, no_grad: bool, cache: bool, tokens: torch.Tensor
                  ) -> Callable[[], None]:  # fmt: skip
     """One forward of ``model`` compiled as ``compiled_as`` under bf16 autocast, with or without
-    autograd (the loss's graph is dropped at once, as an evaluation loop does)."""
-    torch._dynamo.reset()
+    autograd (the loss's graph is dropped at once, as an evaluation loop does). Each case's
+    backend is a new object, so the cases' compiled code lives side by side in Dynamo's cache."""
     chosen = "inductor" if compiled_as == "inductor" else backend(QuartetConfig(cache_inference_weights=cache))
     compiled = torch.compile(model, backend=chosen)
 
@@ -58,12 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = spec.build().to(device)
     tokens = torch.randint(0, 256, (args.batch, args.seq_len + 1), device=device)
+    torch._dynamo.reset()
+    steps = ((case, forward_step(model, *how, tokens)) for case, how in CASES.items())
     rows = []
-    for case, (compiled_as, no_grad, cache) in CASES.items():
-        row = {"case": case, **measure(forward_step(model, compiled_as, no_grad, cache, tokens), device,
-                                       args.warmup, args.steps)}  # fmt: skip
-        rows.append({**row, "x": row["step_ms"] / rows[0]["step_ms"] if rows else 1.0})
-        print(f"{case}: {row['step_ms']:.2f} ms, host {row['host_ms']:.2f}, kernels {row['kernel_ms']:.2f}", flush=True)
+    for case, row in measure_all(steps, device, args.warmup, args.steps):
+        rows.append({"case": case, **row, "x": row["step_ms"] / rows[0]["step_ms"] if rows else 1.0})
     header = ["case", "ms", "x bf16", "host ms", "kernel ms", "launches", "quantizers ms", "gemm ms"]
     cells = [[r["case"], f"{r['step_ms']:.2f}", f"{r['x']:.2f}", f"{r['host_ms']:.2f}", f"{r['kernel_ms']:.2f}",
               f"{r['launches']:.0f}", f"{r['families_ms']['quantizers']:.2f}", f"{r['families_ms']['gemm']:.2f}"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import statistics
+from collections.abc import Callable, Iterator
 
 import torch
 import torch._inductor.config
@@ -23,7 +24,7 @@ import torch._inductor.config
 from .. import report
 from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from
 from ..training import TrainSettings
-from .step_profile import measure, training_step
+from .step_profile import measure_all, training_step
 
 IN_PROCESS = {"compile_threads": 1}
 """Inductor settings of both arms: Inductor's compile workers take only a few settings from this
@@ -53,15 +54,16 @@ def main(argv: list[str] | None = None) -> None:
     meta = {**report.environment(device), "model": spec.label, "batch": args.batch, "seq_len": args.seq_len,
             "setting": name, "value": value, "default": getattr(torch._inductor.config, name)}  # fmt: skip
     settings = TrainSettings(batch=args.batch, seq_len=args.seq_len)
-    rows = []
-    for round_ in range(args.rounds):
-        for arm, patch in (("default", {}), ("set", {name: value})):
-            torch._dynamo.reset()
-            with torch._inductor.config.patch({**IN_PROCESS, **patch}):  # spans the first calls, which compile
-                step, _ = training_step(args.variant, spec, settings, device, "inductor")
-                row = measure(step, device, args.warmup, args.steps)
-            rows.append({"round": round_, "arm": arm, **row})
-            print(f"round {round_} {arm}: step {row['step_ms']:.2f} ms, host {row['host_ms']:.2f} ms", flush=True)
+
+    def steps() -> Iterator[tuple[tuple[int, str], Callable[[], None]]]:
+        for round_ in range(args.rounds):
+            for arm, patch in (("default", {}), ("set", {name: value})):
+                with torch._inductor.config.patch({**IN_PROCESS, **patch}):  # spans the first calls, which compile
+                    yield (round_, arm), training_step(args.variant, spec, settings, device, "inductor")[0]
+
+    torch._dynamo.reset()
+    rows = [{"round": round_, "arm": arm, **row} for (round_, arm), row in
+            measure_all(steps(), device, args.warmup, args.steps)]  # fmt: skip
     median = {
         arm: {k: statistics.median(r[k] for r in rows if r["arm"] == arm) for k in ("step_ms", "host_ms")}
         for arm in ("default", "set")

@@ -30,6 +30,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -39,6 +40,8 @@ from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, 
 from ..models import ModelSpec
 from ..training import Timer, TrainSettings, optimizer_for, train_step
 from ..variants import Kind, backend_for, parse_variants
+
+Name = TypeVar("Name")
 
 FAMILIES = {
     "gemm": r"gemm|nvjet|cutlass|xmma|cublas|_scale_epilogue_kernel",
@@ -120,21 +123,16 @@ def variant_steps(
         yield variant, *training_step(variant, spec, settings, device, args.inner_backend)
 
 
-def measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
-    """:func:`time_steps` of ``step``, then :func:`profile_kernels` of it."""
-    return {**time_steps(step, device, warmup, steps), **profile_kernels(step, device, steps)}
-
-
 def measure_all(
-    steps_by_name: Iterable[tuple[str, Callable[[], None]]], device: torch.device, warmup: int, steps: int
-) -> list[tuple[str, dict]]:
-    """:func:`measure` of each named step, every one timed before any is profiled: once the
-    profiler has run, CUPTI stays subscribed in the process and slows every later launch
-    (pytorch/pytorch#144455), so a step timed after another's profile pays for it in host time.
-    The steps are built one at a time and all kept until their profiles: their parameters and
-    optimizer states stay on the device meanwhile, and each step's peak counts from what the earlier
-    ones hold. A profiled step that compiles again (its compiled code was dropped) is an error: its
-    kernels would be the compiler's."""
+    steps_by_name: Iterable[tuple[Name, Callable[[], None]]], device: torch.device, warmup: int, steps: int
+) -> list[tuple[Name, dict]]:
+    """:func:`time_steps` and :func:`profile_kernels` of each named step, every one timed before
+    any is profiled: once the profiler has run, CUPTI stays subscribed in the process and slows
+    every later launch (pytorch/pytorch#144455), so a step timed after another's profile would pay
+    for it in host time. The steps are built one at a time and all kept until their profiles: their
+    parameters and optimizer states stay on the device meanwhile, and each step's peak counts from
+    what the earlier ones hold. A profiled step that compiles again (its compiled code was dropped)
+    is an error: its kernels would be the compiler's."""
     timed = []
     held = _allocated(device)
     for name, step in steps_by_name:
