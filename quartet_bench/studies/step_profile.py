@@ -176,7 +176,11 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, step
 
 
 def profile_kernels(step: Callable[[], None], device: torch.device, steps: int) -> dict:
-    """:func:`breakdown` of ``steps`` steps under the profiler."""
+    """:func:`breakdown` of ``steps`` steps under the profiler, after one outside it: whatever a
+    step does first when it follows another variant's steps (a CUDA-graph tree switching to its
+    graphs) stays out of the profile."""
+    step()
+    _synchronize(device)
     with profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
