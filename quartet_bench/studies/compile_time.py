@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     spec = spec_from(args)
-    settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=args.mode)
     if args.child:
+        settings = TrainSettings(batch=args.batch, seq_len=args.seq_len, compile_mode=args.mode)
         args.child_out.write_text(json.dumps(first_steps(args.child, spec, settings, device, args.inner_backend)))
         return
     meta = {**step_meta(args, spec, device), "mode": args.mode or "default"}
