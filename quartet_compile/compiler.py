@@ -66,6 +66,8 @@ def inductor(
     patches = _mode_options(mode)
     if cpp_wrapper is not None:
         patches["cpp_wrapper"] = cpp_wrapper
+    if patches.get("cpp_wrapper", config.cpp_wrapper):
+        ready_autograd_threads(example_inputs)
     if cpp_wrapper:
         # compile_fx adds the C++ wrapper's own settings (cubins kept for the C++ launches) only
         # where cpp_wrapper is set globally: the backward, compiled at the first backward, reads
@@ -75,6 +77,32 @@ def inductor(
         with config.patch(patches):
             patches.update(get_cpp_wrapper_config())
     return compile_fx(gm, example_inputs, config_patches=patches or None)
+
+
+_ready_devices: set[torch.device] = set()
+"""CUDA devices whose autograd thread :func:`ready_autograd_threads` has readied in this process."""
+
+
+def ready_autograd_threads(example_inputs: list) -> None:
+    """Make CUDA current on the autograd engine's thread of each CUDA device among a graph's
+    inputs, once per process and device, before a graph is compiled with the C++ wrapper.
+
+    Autograd runs a CUDA backward on a thread of its own per device. Where the backward graph is
+    loaded from the compile caches (every run of a program after its first), nothing has run on
+    that thread yet when the compiled backward starts, and the C++ wrapper's first CUDA driver
+    call there fails with "invalid device context" (pytorch/pytorch#144609; seen on torch 2.11 in
+    the second run of a training step). One tiny backward on the device runs a kernel there."""
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+
+    devices = {
+        torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
+        for x in example_inputs
+        if isinstance(x, torch.Tensor) and x.device.type == "cuda" and not isinstance(x, FakeTensor)
+    }
+    for device in devices - _ready_devices:
+        with unset_fake_temporarily(), torch.enable_grad():
+            torch.ones(1, device=device, requires_grad=True).sum().backward()
+        _ready_devices.add(device)
 
 
 def cpp_wrapper_pays(example_inputs: list, mode: str | None) -> bool:

@@ -4,6 +4,7 @@ reference, dynamic shapes, checkpointing, autocast, bad input and the explain re
 import copy
 import functools
 import logging
+import os
 import re
 from importlib.metadata import entry_points
 
@@ -249,6 +250,30 @@ def test_cuda_graphs_run_without_cuda_graphs_launch_from_cpp_unless_told_otherwi
         assert not compiler.cpp_wrapper_pays(on_cuda, None)
 
 
+def test_graphs_compiled_with_the_cpp_wrapper_ready_the_autograd_threads_first(monkeypatch):
+    """Before a graph is compiled with the C++ wrapper, whichever setting chose it, CUDA is made
+    current on the autograd threads of its inputs' devices (pytorch/pytorch#144609); the Python
+    wrapper's graphs are left alone. Fake inputs, as here, start no CUDA work."""
+    import torch._inductor.compile_fx
+
+    from quartet_compile import compiler
+
+    readied = []
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", lambda gm, inputs, config_patches: None)
+    monkeypatch.setattr(compiler, "ready_autograd_threads", readied.append)
+    gm = torch.fx.symbolic_trace(nn.Linear(4, 4))
+    with FakeTensorMode():
+        on_cuda = [torch.empty(2, 4, device="cuda")]
+    for cpp_wrapper in (True, False, None):
+        compiler.inductor(gm, on_cuda, cpp_wrapper=cpp_wrapper)
+    with torch._inductor.config.patch(cpp_wrapper=True):
+        compiler.inductor(gm, on_cuda)
+    assert readied == [on_cuda, on_cuda]
+    monkeypatch.undo()
+    compiler.ready_autograd_threads(on_cuda)
+    assert not compiler._ready_devices
+
+
 def test_a_cpp_wrapper_the_backend_chose_falls_back_to_python_where_it_cannot_be_built(monkeypatch, caplog):
     from quartet_compile import compiler
 
@@ -465,6 +490,93 @@ def test_explain_prints_and_logs(capsys, caplog):
     assert "layers.1.mlp.down_proj" in printed and "14 of 15 matmuls quantized" in printed
     assert len(report.quantized) == 14 and [r.module_path for r in report.kept] == ["lm_head"]
     assert "quantized 14 of 15 matmuls" in caplog.text
+
+
+_ONE_STEP = """
+import sys
+import torch
+torch.manual_seed(0)
+layer = torch.nn.Linear(1024, 1024, device="cuda")
+x = torch.randn(2048, 1024, device="cuda")
+step = torch.compile(lambda x: layer(x).float().square().mean(), backend="quartet")
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    loss = step(x)
+loss.backward()
+torch.save([loss.detach().cpu(), layer.weight.grad.cpu()], sys.argv[1])
+"""
+
+
+@pytest.mark.gpu
+def test_a_second_run_loads_the_compiled_step_from_the_caches_and_trains_the_same(tmp_path):
+    """A program whose compiled step holds its loss, run twice in fresh processes sharing
+    Inductor's and Triton's caches: the second run loads the step's C++-wrapper graphs instead of
+    compiling them, and its first CUDA call on autograd's thread is the compiled backward's
+    (pytorch/pytorch#144609 made that an "invalid device context" error). Both runs compute the
+    same loss and gradient, bit for bit."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "one_step.py"
+    script.write_text(_ONE_STEP)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton")}  # fmt: skip
+    results = []
+    for run in ("cold", "warm"):
+        out = tmp_path / f"{run}.pt"
+        done = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{run} run failed:\n{done.stderr[-3000:]}"
+        results.append(torch.load(out))
+    (loss, grad), (warm_loss, warm_grad) = results
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert torch.equal(loss, warm_loss) and torch.equal(grad, warm_grad)
+
+
+_PROBE = """
+import ctypes, sys
+import torch
+from quartet_compile import compiler
+
+libcuda = ctypes.CDLL("libcuda.so.1")
+seen = []
+
+
+class Probe(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        context = ctypes.c_void_p()
+        assert libcuda.cuCtxGetCurrent(ctypes.byref(context)) == 0
+        seen.append(bool(context.value))
+        return grad
+
+
+x = torch.ones(4, device="cuda", requires_grad=True)
+if sys.argv[1] == "ready":
+    compiler.ready_autograd_threads([x])
+Probe.apply(x).backward(torch.ones(4, device="cuda"))  # the probe is the first node on autograd's thread
+print(seen[0])
+"""
+
+
+@pytest.mark.gpu
+def test_readying_makes_cuda_current_on_the_autograd_thread():
+    """What the C++ wrapper's compiled backward meets on autograd's CUDA thread when it runs first
+    there: a CUDA context made current by :func:`ready_autograd_threads`. Without it (the
+    control) PyTorch leaves none, and the C++ wrapper's driver calls fail (pytorch/pytorch#144609)."""
+    import subprocess
+    import sys
+
+    def context_current(mode: str) -> bool:
+        done = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()[-1] == "True"
+
+    if context_current("control"):
+        pytest.skip("this torch makes CUDA current on autograd's threads itself")
+    assert context_current("ready")
 
 
 @pytest.mark.gpu
