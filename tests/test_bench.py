@@ -438,7 +438,7 @@ def test_step_profile_times_every_step_before_profiling_any():
 
 def test_compile_time_runs_each_variant_in_a_process_with_empty_caches(tmp_path):
     """Caches fill across variants, so each first step is a user's only in a fresh process with
-    caches of its own."""
+    caches of its own; a second process over those caches gives a later run's first step."""
     study = _bench_script("compile_time")
     study.main(["--model", "tiny", "--batch", "2", "--seq-len", "16", "--device", "cpu", "--variants", "eager,bf16",
                 "--inner-backend", "aot_eager", "--out", str(tmp_path)])  # fmt: skip
@@ -446,6 +446,10 @@ def test_compile_time_runs_each_variant_in_a_process_with_empty_caches(tmp_path)
     assert (eager["variant"], bf16["variant"]) == ("eager", "bf16")
     assert eager["quartet_linears"] == 0 and bf16["quartet_linears"] == 14
     assert all(0 < r["second_step_s"] < r["first_step_s"] for r in (eager, bf16))
+    assert all(r["warm_first_step_s"] > 0 for r in (eager, bf16)) and bf16["warm_phases"]
+    assert bf16["warm_caches"] == {}  # aot_eager caches nothing; Inductor's lookups read as below
+    hits = {"inductor.fxgraph_cache_hit": 2, "aot_autograd.autograd_cache_bypass": 1, "inductor.other": 3}
+    assert study._hits(hits) == "aot 1 bypass, fx 2 hit" and study._hits({}) == "-"
     assert not eager["phases"] and bf16["phases"][0]["s"] >= bf16["phases"][-1]["s"] > 0
     dirs = eager["cache_dirs"] + bf16["cache_dirs"]
     assert len(set(dirs)) == 4 and os.environ.get("TORCHINDUCTOR_CACHE_DIR") not in dirs
