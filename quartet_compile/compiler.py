@@ -23,8 +23,10 @@ from torch import nn
 
 from .config import QuartetConfig
 from .nvfp4.randomness import DEFAULT_STREAM, random_stream
+from .ops.linear import quantized_linear
 from .passes.linear_rewrite import MatmulDecision, rewrite_linears
 from .passes.weights import compiled_root
+from .version import code_hash
 
 log = logging.getLogger("quartet_compile")
 
@@ -63,7 +65,7 @@ def inductor(
     from torch._inductor import config
     from torch._inductor.compile_fx import compile_fx
 
-    patches = _mode_options(mode)
+    patches = {**_mode_options(mode), "unsafe_marked_cacheable_functions": cacheable_functions()}
     if cpp_wrapper is not None:
         patches["cpp_wrapper"] = cpp_wrapper
     if patches.get("cpp_wrapper", config.cpp_wrapper):
@@ -77,6 +79,20 @@ def inductor(
         with config.patch(patches):
             patches.update(get_cpp_wrapper_config())
     return compile_fx(gm, example_inputs, config_patches=patches or None)
+
+
+def cacheable_functions() -> dict[str, str]:
+    """Inductor's ``unsafe_marked_cacheable_functions`` with :func:`quantized_linear` added, keyed
+    by the package's :func:`code_hash`. AOTAutograd caches a graph only if it calls nothing but
+    torch's own functions and ops; the pass's calls of :func:`quantized_linear` (traced into the
+    ``quartet`` ops by AOTAutograd) made it skip every graph of ours, and every later run of a
+    program traced its joint graph again. The function is a function of its arguments, which
+    are in the graph, and of the autocast and grad modes, which AOTAutograd's key holds; the
+    code hash covers what it runs."""
+    from torch._inductor import config
+
+    name = f"{quantized_linear.__module__}.{quantized_linear.__name__}"
+    return {**config.unsafe_marked_cacheable_functions, name: code_hash()}
 
 
 _ready_devices: set[torch.device] = set()
