@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from .config import QuartetConfig
+from .kernels import configs
 from .nvfp4.randomness import DEFAULT_STREAM, random_stream
 from .ops.linear import quantized_linear
 from .passes.linear_rewrite import MatmulDecision, rewrite_linears
@@ -88,11 +89,12 @@ def cacheable_functions() -> dict[str, str]:
     ``quartet`` ops by AOTAutograd) made it skip every graph of ours, and every later run of a
     program traced its joint graph again. The function is a function of its arguments, which
     are in the graph, and of the autocast and grad modes, which AOTAutograd's key holds; the
-    code hash covers what it runs."""
+    code hash covers what it runs, and the launch configurations' fingerprint what a tuning
+    study may change for a while (:func:`.kernels.configs.override`)."""
     from torch._inductor import config
 
     name = f"{quantized_linear.__module__}.{quantized_linear.__name__}"
-    return {**config.unsafe_marked_cacheable_functions, name: code_hash()}
+    return {**config.unsafe_marked_cacheable_functions, name: f"{code_hash()}-{configs.fingerprint()}"}
 
 
 _ready_devices: set[torch.device] = set()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +71,12 @@ def config(kernel: str, device: torch.device | None = None) -> dict[str, Any]:
     entries = _TABLE[kernel]
     arch = architecture(device) if device is not None else DEFAULT
     return dict(entries.get(arch, entries[DEFAULT]))
+
+
+def fingerprint() -> str:
+    """SHA-256 of the table as it stands, overrides included: compile caches key our graphs by it,
+    since a graph traced under one configuration has that configuration's launches baked in."""
+    return hashlib.sha256(json.dumps(_TABLE, sort_keys=True).encode()).hexdigest()
 
 
 @contextlib.contextmanager
