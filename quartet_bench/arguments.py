@@ -78,6 +78,15 @@ def add_step_arguments(parser: argparse.ArgumentParser, *, steps: int, name: str
     parser.add_argument("--name", default=name, help="file stem of the results")
 
 
+def add_variant_arguments(parser: argparse.ArgumentParser, *, variants_help: str, mode: bool = True) -> None:
+    """How a step study compiles: its variants (``--variants``), the ``torch.compile`` mode
+    (``--mode``, where the study takes one) and what compiles quartet's rewritten graph."""
+    parser.add_argument("--variants", type=variant_list, default="inductor,quartet2", help=variants_help)
+    if mode:
+        parser.add_argument("--mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """Arguments shared by ``quartet-bench`` and the demo (which only changes their defaults)."""
     add_model_arguments(parser, defaults["model"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import report
-from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from, variant_list
+from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, add_variant_arguments, spec_from
 from ..models import ModelSpec
 from ..training import TrainSettings
 from .step_profile import step_meta, training_step
@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser, "30m")
     add_step_arguments(parser, steps=2, name="compile-time")
-    parser.add_argument("--variants", type=variant_list, default="inductor,quartet2", help="one process each")
-    parser.add_argument("--mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
-    parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
+    add_variant_arguments(parser, variants_help="one process each")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from .. import report
-from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from, variant_list
+from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, add_variant_arguments, spec_from
 from .step_profile import step_meta, variant_steps
 
 BUCKETS = {
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser, "30m")
     add_step_arguments(parser, steps=10, name="host-profile")
-    parser.add_argument("--variants", type=variant_list, default="inductor,quartet2")
-    parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
+    add_variant_arguments(parser, variants_help="the first is the baseline", mode=False)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     spec = spec_from(args)

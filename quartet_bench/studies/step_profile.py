@@ -36,7 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .. import report
-from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, spec_from, variant_list
+from ..arguments import HelpFormatter, add_model_arguments, add_step_arguments, add_variant_arguments, spec_from
 from ..models import ModelSpec
 from ..training import Timer, TrainSettings, optimizer_for, train_step
 from ..variants import Kind, backend_for, parse_variants
@@ -249,10 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser, "30m")
     add_step_arguments(parser, steps=5, name="step-profile")
-    parser.add_argument("--variants", type=variant_list, default="inductor,quartet2", help="the first is the baseline")
-    parser.add_argument("--mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    add_variant_arguments(parser, variants_help="the first is the baseline")
     parser.add_argument("--cpp-wrapper", action="store_true", help="Inductor launches kernels from generated C++")
-    parser.add_argument("--inner-backend", default="inductor", help="what compiles quartet's rewritten graph")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch._inductor.config.cpp_wrapper = args.cpp_wrapper
