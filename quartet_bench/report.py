@@ -151,6 +151,14 @@ def write_result(out: Path, stem: str, payload: dict[str, Any], markdown: str) -
     return json_path, md_path
 
 
+def publish(markdown: str, out: Path | None, stem: str, payload: dict[str, Any]) -> None:
+    """How a study ends: its markdown printed and, given an ``out`` directory, written there with
+    ``payload`` (:func:`write_result`)."""
+    print(markdown)
+    if out:
+        write_result(out, stem, payload, markdown)
+
+
 def write(results: Sequence[RunResult], out: Path, stem: str, meta: dict[str, Any]) -> list[Path]:
     """``{stem}.json`` (everything, per-step losses included), ``{stem}.md`` and, when matplotlib
     is installed, ``{stem}.png``. Returns the paths written."""

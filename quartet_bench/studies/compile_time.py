@@ -130,10 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     for variant in args.variants:
         rows.append({"variant": variant, **in_fresh_process(args, variant)})
         print(f"{variant}: first step {rows[-1]['first_step_s']:.1f} s", flush=True)
-    text = markdown(rows, meta)
-    print(text)
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
+    report.publish(markdown(rows, meta), args.out, args.name, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                f"{args.steps}), ratios to the BF16 no_grad forward.")  # fmt: skip
     lines = [*report.markdown_header("Evaluation forward: the inference path", meta), caption, "",
              report.markdown_table(header, cells)]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
+    report.publish("\n".join(lines) + "\n", args.out, args.name, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({**row, **time_routes(m, n, k, out_dtype)})
             print(" ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
                            for key, value in rows[-1].items()), flush=True)  # fmt: skip
-    text = markdown(rows, meta)
-    print(text)
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
+    report.publish(markdown(rows, meta), args.out, args.name, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -136,10 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                      "quartet_linears": taken_over()})  # fmt: skip
         print(f"{variant}: {rows[-1]['profiled_ms']:.2f} ms per step under the profiler, {rows[-1]['counts']}",
               flush=True)  # fmt: skip
-    text = markdown(rows, meta)
-    print(text)
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
+    report.publish(markdown(rows, meta), args.out, args.name, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

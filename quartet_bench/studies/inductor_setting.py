@@ -75,10 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     lines.append(report.markdown_table(["round", name, "step", "host", "kernels", "launches"], cells))
     lines += ["", f"Medians: step {median['default']['step_ms']:.2f} -> {median['set']['step_ms']:.2f} ms, host "
               f"{median['default']['host_ms']:.2f} -> {median['set']['host_ms']:.2f} ms."]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, "rows": rows, "median": median}, text)
+    report.publish("\n".join(lines) + "\n", args.out, args.name, {**meta, "rows": rows, "median": median})
 
 
 if __name__ == "__main__":

@@ -270,11 +270,8 @@ def main() -> None:
         "triton": triton.__version__,
     }
     rows = measure(args.arch)
-    markdown = _markdown(rows, meta)
-    print(markdown)
-    if args.out:
-        stem = args.name or f"kernel-resources-sm{args.arch}-triton{''.join(triton.__version__.split('.')[:2])}"
-        report.write_result(args.out, stem, {**meta, "rows": rows}, markdown)
+    stem = args.name or f"kernel-resources-sm{args.arch}-triton{''.join(triton.__version__.split('.')[:2])}"
+    report.publish(_markdown(rows, meta), args.out, stem, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"Launches of a {args.kernel_us:.0f} us kernel from an idle device; ms.", ""]
     cells = [[str(r["launches"]), f"{r['host_ms']:.1f}", f"{r['device_ms']:.1f}"] for r in rows]
     lines.append(report.markdown_table(["launches", "host issue", "until the device is done"], cells))
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
+    report.publish("\n".join(lines) + "\n", args.out, args.name, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

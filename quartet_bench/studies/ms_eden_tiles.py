@@ -376,9 +376,7 @@ def main() -> None:
         "shipped": {name: config(name, device) for name in PASSES},
     }
     results = sweep(args.tokens, args.linears, args.layers, device)
-    print(_markdown(results, meta))
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, **results}, _markdown(results, meta))
+    report.publish(_markdown(results, meta), args.out, args.name, {**meta, **results})
 
 
 if __name__ == "__main__":

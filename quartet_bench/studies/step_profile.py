@@ -269,10 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     for (variant, measured), taken_over in zip(measured_steps, built, strict=True):
         row = {"variant": variant, **measured, "quartet_linears": taken_over()}
         rows.append({**row, **per_linear(row, rows[0] if rows else row)})
-    text = markdown(rows, meta)
-    print(text)
-    if args.out:
-        report.write_result(args.out, args.name, {**meta, "rows": rows}, text)
+    report.publish(markdown(rows, meta), args.out, args.name, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":
