@@ -399,6 +399,27 @@ def nvidia_stage(generator: torch.Generator) -> None:
     assert first["uniforms"].unique().numel() > 0.99 * first["uniforms"].numel()
 
 
+def pointer_load_gemm(generator: torch.Generator) -> None:
+    """``gemm.load_gemm``'s tiling: edges in all three dimensions (rows past M and N, a
+    reduction that is not a whole number of K tiles) and one persistent program walking every
+    tile (one "SM" here). The interpreter multiplies fp16 right (not bf16) and truncates casts to
+    bf16, so: fp16 operands whose float32 products and sums are exact, and a float32 output,
+    which must then equal the float64 product through the epilogue's operations."""
+    from quartet_compile.kernels.gemm import load_gemm
+
+    for m, n, k in [(200, 300, 208), (136, 520, 64)]:
+        a, b = (
+            torch.randint(-6, 7, (rows, k), generator=generator)
+            * 2.0 ** torch.randint(-2, 3, (rows, 1), generator=generator)
+            for rows in (m, n)
+        )
+        scale = torch.rand((), generator=generator)
+        bias = torch.randn(n, generator=generator).bfloat16()
+        out = load_gemm(a.half(), b.half(), scale, scale, torch.float32, bias)
+        exact = (a.double() @ b.double().T).float()  # every partial sum is a float32
+        assert torch.equal(out, exact * (scale * scale) + bias.float()), (m, n, k)
+
+
 def linear_routes(generator: torch.Generator) -> None:
     """``kernels.layer`` on both GEMM routes, every quantized recipe: the quantizers write
     codes only for the native Blackwell GEMM and bf16 operands otherwise, and the two routes

@@ -7,6 +7,8 @@ kernel writes is given a Hopper target) and never run here; the GPU suite runs t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch._inductor.config
@@ -194,20 +196,37 @@ def test_an_input_read_by_several_launches_is_realized_once(a_hopper_target):
 
 
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
-def test_the_tma_gemm_output_is_written_by_its_launch(out_dtype, a_hopper_target, monkeypatch):
-    """The Hopper GEMM builds its TMA descriptors on the device and stores through pointers,
-    so that PyTorch sees the output written (it misses stores through descriptors)."""
+@pytest.mark.parametrize("route", ["tma_gemm", "load_gemm"])
+def test_the_triton_gemm_output_is_written_by_its_launch(route, out_dtype, a_hopper_target, monkeypatch):
+    """The Hopper GEMMs load through device-built TMA descriptors or pointers and store through
+    pointers, so that PyTorch sees the output written (it misses stores through descriptors)."""
     from quartet_compile.kernels import gemm
 
     monkeypatch.setattr(gemm, "multiprocessors", lambda device: 132)
     a, b = torch.randn(512, 256, dtype=torch.bfloat16), torch.randn(384, 256, dtype=torch.bfloat16)
     scale = torch.ones((), dtype=torch.float32)
-    traced = make_fx(
-        torch.func.functionalize(lambda a, b, s: gemm.tma_gemm(a, b, s, s, out_dtype)), tracing_mode="fake"
-    )
+    fn = getattr(gemm, route)
+    traced = make_fx(torch.func.functionalize(lambda a, b, s: fn(a, b, s, s, out_dtype)), tracing_mode="fake")
     graph = traced(a, b, scale)
-    assert _launched_kernels(graph) == ["_tma_gemm_kernel"]
+    assert _launched_kernels(graph) == [f"_{route}_kernel"]
     assert not _unwritten_buffers(graph)
+
+
+@pytest.mark.parametrize("scratch_safe", [True, False])
+def test_a_graph_without_scratch_for_the_tma_gemm_launches_the_pointer_load_gemm(scratch_safe, monkeypatch):
+    """An output that fills the device takes the TMA GEMM where the graph's launcher can give it
+    its scratch, else the pointer-load GEMM, never cuBLAS's float32 product and second pass."""
+    from quartet_compile.kernels import gemm
+
+    monkeypatch.setattr(gemm, "multiprocessors", lambda device: 4)
+    monkeypatch.setattr(gemm, "tma_compatible", lambda *args: True)
+    monkeypatch.setattr(gemm, "scratch_safe_in_compiled_graphs", lambda: scratch_safe)
+    a, b = torch.randn(512, 256, dtype=torch.bfloat16), torch.randn(512, 256, dtype=torch.bfloat16)
+    scale = torch.ones((), dtype=torch.float32)
+    fn = torch.func.functionalize(lambda a, b, s: gemm.unscaled_gemm(a, b, s, s, torch.bfloat16))
+    graph = make_fx(fn, tracing_mode="fake")(a, b, scale)
+    assert _launched_kernels(graph) == ["_tma_gemm_kernel" if scratch_safe else "_load_gemm_kernel"]
+    assert "aten.mm.default" not in _targets(graph)
 
 
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
@@ -376,27 +395,26 @@ def test_inductor_launches_compute_what_the_ops_compute(recipe):
 def test_the_cpp_wrapper_launches_compute_what_the_python_wrapper_launches():
     """Inductor's C++ wrapper (``cpp_wrapper``) on a layer whose forward and input-gradient GEMMs
     fill the GPU (the TMA GEMM's route in the Python wrapper's graph): bit for bit the Python
-    wrapper's results where both take that route. Where the C++ wrapper would give the TMA
-    GEMM too little scratch (torch 2.11, where it was an illegal memory access), its GEMMs take
-    cuBLAS, and agree to float32 accumulation order."""
-    from quartet_compile.kernels import gemm
+    wrapper's results. Where the C++ wrapper would give the TMA GEMM too little scratch (torch
+    2.11, where it was an illegal memory access), its graphs launch the pointer-load GEMM, whose
+    tiles and reduction order are the TMA GEMM's."""
+    from torch._inductor.utils import run_and_get_code
 
+    gemms = ("_tma_gemm_kernel", "_load_gemm_kernel")
     layer, x, w, g = _cuda_layer("quartet2", tokens=4096, n=2048, k=1024)
-    results = []
+    results, launched = [], []
     for cpp_wrapper in (False, True):
         torch._dynamo.reset()
         with torch._inductor.config.patch(cpp_wrapper=cpp_wrapper):
             compiled = torch.compile(layer, fullgraph=True)
-            _cuda_step(compiled, x, w, g)  # compiles
+            _, codes = run_and_get_code(lambda compiled=compiled: _cuda_step(compiled, x, w, g))  # compiles
+            defined = "".join(codes)  # the generated code holds the source of each kernel it launches
+            launched.append({name for name in gemms if re.search(rf"def {name}(_\d+)?\(", defined)})
             torch.manual_seed(3)
             results.append(_cuda_step(compiled, x, w, g))
-            same_route = gemm.scratch_safe_in_compiled_graphs()
+    assert launched[0] == {"_tma_gemm_kernel"} and len(launched[1]) == 1, launched
     for python, cpp in zip(*results, strict=True):
-        assert torch.isfinite(cpp).all()
-        if same_route:
-            assert torch.equal(python, cpp)
-        else:
-            torch.testing.assert_close(cpp, python, rtol=2**-7, atol=1e-3 * python.abs().max().item())
+        assert torch.isfinite(cpp).all() and torch.equal(python, cpp)
 
 
 @pytest.mark.gpu

@@ -41,7 +41,7 @@ def _needs_cuobjdump() -> None:
 @pytest.mark.interpreter
 @pytest.mark.parametrize(
     "check",
-    ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage", "linear_routes"],
+    ["rounding", "division", "forward_quantize", "ms_eden_stage", "nvidia_stage", "pointer_load_gemm", "linear_routes"],
 )
 def test_kernel_matches_reference_in_triton_interpreter(check):
     _interpret(check)
@@ -108,6 +108,23 @@ def test_blackwell_gemm_compiles_to_native_nvfp4_mma():
     assert (descriptor >> 23) & 3 == 0, "the MMA would read the E4M3 scale bytes as UE8M0"
 
 
+_HOPPER_GEMM_SIGNATURE = {
+    "a_ptr": "*bf16",
+    "b_ptr": "*bf16",
+    "c_ptr": "*bf16",
+    "scale_a_ptr": "*fp32",
+    "scale_b_ptr": "*fp32",
+    "bias_ptr": "*bf16",
+    "M": "i32",
+    "N": "i32",
+    "K": "i32",
+    "stride_a": "i32",
+    "stride_b": "i32",
+    "stride_c": "i32",
+    "programs": "i32",
+}
+
+
 @pytest.mark.parametrize("out", ["bf16", "fp32"])
 def test_hopper_tma_gemm_is_fed_by_tma_and_stores_through_it(out):
     """The shipped Hopper GEMM: TMA tile loads into wgmma through descriptors built on the
@@ -117,21 +134,7 @@ def test_hopper_tma_gemm_is_fed_by_tma_and_stores_through_it(out):
     bm, bn, bk = (constexprs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     if out == "fp32":
         options["num_stages"] -= 1
-    signature = {
-        "a_ptr": "*bf16",
-        "b_ptr": "*bf16",
-        "c_ptr": f"*{out}",
-        "scale_a_ptr": "*fp32",
-        "scale_b_ptr": "*fp32",
-        "bias_ptr": "*bf16",
-        "M": "i32",
-        "N": "i32",
-        "K": "i32",
-        "stride_a": "i32",
-        "stride_b": "i32",
-        "stride_c": "i32",
-        "programs": "i32",
-    }
+    signature = {**_HOPPER_GEMM_SIGNATURE, "c_ptr": f"*{out}"}
     compiled = compile_kernel(gemm._tma_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 90, **options)
     ptx = compiled.asm["ptx"]
     assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
@@ -231,6 +234,26 @@ def test_nvidia_kernel_ptx_rounds_exactly(rotate):
     }
     ptx = _assert_exact_rounding(nvidia._nvidia_kernel, signature, constexprs)
     assert bool(re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n16k16\.f32\.bf16\.bf16", ptx)) == rotate
+
+
+@pytest.mark.parametrize("out", ["bf16", "fp32"])
+def test_hopper_load_gemm_feeds_wgmma_from_asynchronous_copies_without_descriptors(out):
+    """The GEMM of graphs whose launcher gives no global scratch: pointer loads pipelined by
+    asynchronous copies into wgmma, no TMA descriptor (so no scratch), within the shared-memory
+    budget."""
+    constexprs, options = _split(config("load_gemm"))
+    if out == "fp32":
+        options["num_stages"] -= 1
+    signature = {**_HOPPER_GEMM_SIGNATURE, "c_ptr": f"*{out}"}
+    aligned = ("a_ptr", "b_ptr", "c_ptr", "K", "stride_a", "stride_b", "stride_c")
+    compiled = compile_kernel(
+        gemm._load_gemm_kernel, signature, {"HAS_BIAS": True, **constexprs}, 90, aligned, **options
+    )
+    ptx = compiled.asm["ptx"]
+    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx)
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx)  # 16-byte copies
+    assert "tensormap" not in ptx and compiled.metadata.global_scratch_size == 0
+    assert compiled.metadata.shared <= 227 * 1024
 
 
 def test_outputs_with_few_tiles_leave_the_tma_gemm(monkeypatch):

@@ -1,5 +1,6 @@
-"""Which GEMM route wins on a training step's shapes (CUDA): the TMA GEMM and the cuBLAS route
-of the unscaled NVFP4 operands, and what ``unscaled_gemm`` ships, against cuBLAS bf16 on the
+"""Which GEMM route wins on a training step's shapes (CUDA): the TMA GEMM, the same GEMM with
+pointer loads (what graphs compiled with torch 2.11's C++ wrapper launch) and the cuBLAS route of
+the unscaled NVFP4 operands, and what ``unscaled_gemm`` ships eagerly, against cuBLAS bf16 on the
 same operands, for the forward, input-gradient and weight-gradient GEMMs of built-in models.
 
     python -m quartet_bench.studies.gemm_routes --out bench/results
@@ -61,6 +62,7 @@ def time_routes(m: int, n: int, k: int, out_dtype: torch.dtype) -> dict:
     times = {
         "bf16_us": median_us(lambda: torch.mm(a, b.T)),
         "tma_us": median_us(lambda: gemm.tma_gemm(a, b, one, one, out_dtype)),
+        "load_us": median_us(lambda: gemm.load_gemm(a, b, one, one, out_dtype)),
         "cublas_route_us": median_us(lambda: gemm.cublas_gemm(a, b, one, one, out_dtype)),
         "shipped_us": median_us(lambda: gemm.unscaled_gemm(a, b, one, one, out_dtype)),
     }
@@ -71,13 +73,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [*report.markdown_header("NVFP4 GEMM routes on training-step shapes", meta)]
     lines += [f"Route rule: TMA when the output has >= {meta['tma_min_wave']} x {meta['sms']} SMs tiles "
               f"of {meta['tile']}. us per GEMM (median); x bf16 = time / cuBLAS bf16 time.", "",
-              "| model | layer | GEMM | M | N | K | bf16 us | TMA us | cuBLAS route us | shipped | "
-              "shipped us | x bf16 |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+              "| model | layer | GEMM | M | N | K | bf16 us | TMA us | pointer loads us | cuBLAS route us | "
+              "shipped | shipped us | x bf16 |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['layer']} | {r['gemm']} | {r['M']} | {r['N']} | {r['K']} | {r['bf16_us']:.1f} | "
-            f"{r['tma_us']:.1f} | {r['cublas_route_us']:.1f} | {r['shipped']} | {r['shipped_us']:.1f} | "
-            f"{r['shipped_us'] / r['bf16_us']:.2f} |"
+            f"{r['tma_us']:.1f} | {r['load_us']:.1f} | {r['cublas_route_us']:.1f} | {r['shipped']} | "
+            f"{r['shipped_us']:.1f} | {r['shipped_us'] / r['bf16_us']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -43,6 +43,9 @@ _TABLE: dict[str, dict[str, dict[str, Any]]] = {
     "tma_gemm": {
         DEFAULT: {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
     },
+    "load_gemm": {
+        DEFAULT: {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
+    },
     "scale_epilogue": {DEFAULT: {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8}},
     "blackwell_gemm": {DEFAULT: {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}},
 }

@@ -3,6 +3,8 @@ exact unscaled operands ``e2m1 * s_b`` that the quantize kernels write in bf16 (
 is exact in bf16), with the tensor scales, bias and cast in the epilogue.
 
 * :func:`tma_gemm` (sm_90+): a persistent Triton GEMM fed by TMA into wgmma, the epilogue fused;
+* :func:`load_gemm`: the same GEMM loading its tiles through pointers, for graphs whose launcher
+  cannot give TMA descriptors their global scratch;
 * :func:`cublas_gemm` (any CUDA GPU): cuBLAS writes float32 and one epilogue pass follows;
 * :func:`unscaled_gemm` picks between them; :mod:`.blackwell` multiplies packed FP4 natively.
 
@@ -50,6 +52,32 @@ def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _store_halves(
+    acc,
+    scale_a_ptr,
+    scale_b_ptr,
+    bias_ptr,
+    c_ptr,
+    m0,
+    n0,
+    M,
+    N,
+    stride_c,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """:func:`scaled_store` of the ``[BLOCK_M, BLOCK_N]`` output tile at ``(m0, n0)`` as two
+    column halves (halves keep the store's shared-memory staging within budget)."""
+    left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+    m = m0 + tl.arange(0, BLOCK_M)
+    n = n0 + tl.arange(0, BLOCK_N // 2)
+    scaled_store(left, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_c, HAS_BIAS)
+    n += BLOCK_N // 2
+    scaled_store(right, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_c, HAS_BIAS)
+
+
+@triton.jit
 def _tma_gemm_kernel(
     a_ptr,
     b_ptr,
@@ -71,8 +99,7 @@ def _tma_gemm_kernel(
     GROUP_M: tl.constexpr,
 ):
     """Persistent: ``programs`` programs walk the output tiles; TMA loads (zero-filled past the
-    edges) feed wgmma, and the epilogue scales the tile and stores it as two column halves with
-    masked stores (halves keep the store's shared-memory staging within budget). The
+    edges) feed wgmma, and the epilogue scales the tile and stores it (:func:`_store_halves`). The
     TMA descriptors are built on the device (in a global scratch buffer), so that a compiled
     graph launches the kernel with plain pointers; the output is written by ``tl.store``, which
     PyTorch's analysis of a traced launch sees as a write (some releases miss writes through
@@ -88,12 +115,58 @@ def _tma_gemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             acc = tl.dot(a_desc.load([m0, k0]), b_desc.load([n0, k0]).T, acc)
-        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        m = m0 + tl.arange(0, BLOCK_M)
-        n = n0 + tl.arange(0, BLOCK_N // 2)
-        scaled_store(left, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_c, HAS_BIAS)
-        n += BLOCK_N // 2
-        scaled_store(right, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m, n, M, N, stride_c, HAS_BIAS)
+        _store_halves(
+            acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m0, n0, M, N, stride_c, HAS_BIAS, BLOCK_M, BLOCK_N
+        )
+
+
+@triton.jit
+def _load_gemm_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    scale_a_ptr,
+    scale_b_ptr,
+    bias_ptr,
+    M,
+    N,
+    K,
+    stride_a,
+    stride_b,
+    stride_c,
+    programs,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """:func:`_tma_gemm_kernel` with its operand tiles loaded through pointers (asynchronous
+    copies into the same wgmma pipeline) instead of TMA descriptors: no descriptor, so no
+    global scratch, which a C++ wrapper that allocates one slot per grid cannot overrun. Rows
+    past the edges read row 0 (their results are masked at the store); columns past ``K`` read
+    zeros."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), grid_m * grid_n, programs, flatten=True):
+        pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
+        m0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        rows_a = m0 + tl.arange(0, BLOCK_M)
+        rows_b = n0 + tl.arange(0, BLOCK_N)
+        rows_a = tl.max_contiguous(tl.multiple_of(tl.where(rows_a < M, rows_a, 0), BLOCK_M), BLOCK_M)
+        rows_b = tl.max_contiguous(tl.multiple_of(tl.where(rows_b < N, rows_b, 0), BLOCK_N), BLOCK_N)
+        a_rows = a_ptr + rows_a.to(tl.int64)[:, None] * stride_a
+        b_rows = b_ptr + rows_b.to(tl.int64)[:, None] * stride_b
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows + k[None, :], mask=(k < K)[None, :], other=0.0)
+            b = tl.load(b_rows + k[None, :], mask=(k < K)[None, :], other=0.0)
+            acc = tl.dot(a, b.T, acc)
+        _store_halves(
+            acc, scale_a_ptr, scale_b_ptr, bias_ptr, c_ptr, m0, n0, M, N, stride_c, HAS_BIAS, BLOCK_M, BLOCK_N
+        )
 
 
 @triton.jit
@@ -120,18 +193,19 @@ def _output(rows: int, cols: int, like: Tensor, out_dtype: torch.dtype) -> Tenso
     return torch.empty(rows, cols, dtype=out_dtype, device=like.device)
 
 
-def tma_gemm(
+def _persistent_gemm(
+    kernel: triton.JITFunction,
+    name: str,
     a_unscaled: Tensor,
     b_unscaled: Tensor,
     scale_a: Tensor,
     scale_b: Tensor,
     out_dtype: torch.dtype,
-    bias: Tensor | None = None,
+    bias: Tensor | None,
 ) -> Tensor:
-    """Triton bf16 GEMM of the exact unscaled operands with the scale, bias and cast fused
-    into its epilogue (sm_90+; operands and output must meet TMA's 16-byte alignment, see
-    :func:`tma_compatible`)."""
-    cfg = config("tma_gemm", a_unscaled.device)
+    """Launch one of the persistent GEMM kernels with configuration ``name``: one program per
+    SM (or per output tile, if fewer)."""
+    cfg = config(name, a_unscaled.device)
     (m, k), n = a_unscaled.shape, b_unscaled.shape[0]
     c = _output(m, n, a_unscaled, out_dtype)
     if c.element_size() > 2:
@@ -139,10 +213,8 @@ def tma_gemm(
     bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     tiles = cdiv(m, bm) * cdiv(n, bn)
     programs = min(tiles, multiprocessors(c.device))
-    if not traced((a_unscaled,)):
-        triton.set_allocator(_scratch)  # per thread: the backward runs in autograd's own thread
     run(
-        _tma_gemm_kernel,
+        kernel,
         (programs,),
         a_unscaled,
         b_unscaled,
@@ -164,6 +236,36 @@ def tma_gemm(
         **cfg,
     )
     return c
+
+
+def tma_gemm(
+    a_unscaled: Tensor,
+    b_unscaled: Tensor,
+    scale_a: Tensor,
+    scale_b: Tensor,
+    out_dtype: torch.dtype,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """Triton bf16 GEMM of the exact unscaled operands with the scale, bias and cast fused
+    into its epilogue (sm_90+; operands and output must meet TMA's 16-byte alignment, see
+    :func:`tma_compatible`)."""
+    if not traced((a_unscaled,)):
+        triton.set_allocator(_scratch)  # per thread: the backward runs in autograd's own thread
+    return _persistent_gemm(_tma_gemm_kernel, "tma_gemm", a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
+
+
+def load_gemm(
+    a_unscaled: Tensor,
+    b_unscaled: Tensor,
+    scale_a: Tensor,
+    scale_b: Tensor,
+    out_dtype: torch.dtype,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """:func:`tma_gemm` loading its tiles through pointers: no global scratch, for the graphs
+    that cannot give the TMA GEMM its scratch (:func:`scratch_safe_in_compiled_graphs`). Same
+    requirements as :func:`tma_gemm`."""
+    return _persistent_gemm(_load_gemm_kernel, "load_gemm", a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
 
 
 def _scratch(size: int, alignment: int, stream: int | None) -> Tensor:
@@ -238,7 +340,7 @@ def scratch_safe_in_compiled_graphs() -> bool:
     allocates it as Triton's launcher does; its C++ wrapper (``torch._inductor.config.cpp_wrapper``,
     read when the graph is traced) allocated a single slot before pytorch/pytorch#175385, so every
     program but the first wrote past it: an illegal memory access on torch 2.11. There the GEMM
-    takes :func:`cublas_gemm` instead."""
+    takes :func:`load_gemm` instead."""
     return not torch._inductor.config.cpp_wrapper or _cpp_wrapper_scales_scratch()
 
 
@@ -251,7 +353,7 @@ def _cpp_wrapper_scales_scratch() -> bool:
         from torch._inductor.codegen.cuda.device_op_overrides import CUDADeviceOpOverrides
 
         generated = CUDADeviceOpOverrides().cpp_scratch(0, TritonScratchWorkspace(1, lambda: "uint8"))
-    except Exception:  # an internal API that may change: a failure keeps cuBLAS
+    except Exception:  # an internal API that may change: a failure keeps the pointer loads
         return False
     return generated is not None and "grid_0" in "\n".join(generated[0])
 
@@ -264,15 +366,16 @@ def unscaled_gemm(
     out_dtype: torch.dtype,
     bias: Tensor | None = None,
 ) -> Tensor:
-    """``(A_u B_u^T) s_A s_B [+ bias]``: :func:`tma_gemm` where TMA can run and the output
-    fills the device, else :func:`cublas_gemm` (whose float32 output and second pass cost most
-    at small K, and which is faster on few output tiles)."""
-    tma = (
+    """``(A_u B_u^T) s_A s_B [+ bias]``: where the output fills the device and TMA can run,
+    :func:`tma_gemm`, or :func:`load_gemm` in a graph that cannot give it its scratch; else
+    :func:`cublas_gemm` (whose float32 output and second pass cost most at small K, and which is
+    faster on few output tiles)."""
+    if not (
         tma_compatible(a_unscaled, b_unscaled, out_dtype)
         and fills_device(a_unscaled.shape[0], b_unscaled.shape[0], a_unscaled.device)
-        and (scratch_safe_in_compiled_graphs() or not traced((a_unscaled,)))
-    )
-    gemm = tma_gemm if tma else cublas_gemm
+    ):
+        return cublas_gemm(a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
+    gemm = tma_gemm if scratch_safe_in_compiled_graphs() or not traced((a_unscaled,)) else load_gemm
     return gemm(a_unscaled, b_unscaled, scale_a, scale_b, out_dtype, bias)
 
 
