@@ -319,11 +319,13 @@ def ms_eden_row_tiles(rotation: torch.Tensor, seed: torch.Tensor, generator: tor
 def ms_eden_gemm_launches(rotation: torch.Tensor, generator: torch.Generator) -> None:
     """The operands of both backward GEMMs (dgrad: ``g`` and the saved weight; wgrad: ``g^T``
     and the saved input; the saved operands' last row tiles are partial), amax pass of all four
-    in one launch, quantize pass of all four or of each GEMM's two in one launch, are bit for bit
-    four separate launches, amax rows and tensor scales included; so is one GEMM alone."""
-    g = _inputs(128, 256, torch.float32, generator).bfloat16()
+    in one launch (``g`` and ``g^T`` from one read of each 128 x 128 tile, the saved operands in
+    programs of two row tiles), quantize pass of all four or of each GEMM's two in one launch, are
+    bit for bit four separate launches, amax rows and tensor scales included; so is one GEMM
+    alone."""
+    g = _inputs(384, 256, torch.float32, generator).bfloat16()
     weight = quantize(_inputs(256, 48, torch.float32, generator), four_over_six=True).fp4
-    x = quantize(_inputs(128, 80, torch.float32, generator), four_over_six=True).fp4
+    x = quantize(_inputs(384, 80, torch.float32, generator), four_over_six=True).fp4
     seeds = list(torch.randint(0, 2**62, (4,), generator=generator).unbind())
     operands = [
         Operand(g, seeds[0], False, codes=True, unscaled_bf16=True),
@@ -334,7 +336,10 @@ def ms_eden_gemm_launches(rotation: torch.Tensor, generator: torch.Generator) ->
     for count, per_launch in ((4, 2), (4, 1), (2, 2)):
         stats, separate_stats = torch.zeros(4, 2), torch.zeros(4, 2)
         gemms = [tuple(operands[i : i + 2]) for i in range(0, count, 2)]
-        with configs.override("ms_eden_quantize", {"GEMMS": per_launch}):
+        with (
+            configs.override("ms_eden_quantize", {"GEMMS": per_launch}),
+            configs.override("ms_eden_amax", {"MAX_TILES": 2}),
+        ):
             together = [q for pair in ms_eden_gemms(gemms, rotation, stats) for q in pair]
         options = {"unscaled_bf16": True, "stats": separate_stats}
         separate = [

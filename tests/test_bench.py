@@ -571,6 +571,9 @@ def test_ms_eden_tiles_counts_programs_per_sm_and_sums_the_model():
     assert totals[0]["quantize_ms"] == pytest.approx(8 * 3 * 30 / 1e3)
     assert totals[1]["amax_ms"] == pytest.approx(8 * 5 / 1e3)
     assert "quantize 64 rows" in study._shipped_cell()
+    assert study._shipped_launches() == "one launch per pass"
+    cfg = {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3}
+    assert study._tiles([(8192, 22)], cfg, 132) == 4 and study._tiles([(8192, 22, 128)], cfg, 132) == 2
 
 
 def test_kernel_resources_compiles_the_passes_as_launches_specialize_them():
@@ -592,17 +595,20 @@ def test_kernel_resources_compiles_the_passes_as_launches_specialize_them():
     if not study.CUOBJDUMP.exists():
         pytest.skip("Triton's bundled cuobjdump is not installed")
     operands = {"g (dgrad)": study.MS_EDEN_OPERANDS["g (dgrad)"]}
-    rows = study.measure(90, tiles=(1,), operands=operands)
+    twin = {"g and g^T from one read": study.MS_EDEN_TWIN_OPERANDS["g and g^T from one read"]}
+    rows = study.measure(90, tiles=(1,), operands=operands, twin_operands=twin)
     assert [r["kernel"] for r in rows] == [
         "MS-EDEN amax: g (dgrad), 1 tile",
+        "MS-EDEN amax: g and g^T from one read, 1 tile",
         "MS-EDEN quantize: g (dgrad), 1 tile",
         "forward quantize RTN: x + W",
         "forward quantize 4/6: x + W",
     ]
-    for row, warps in zip(rows, (8, 8, 4, 4), strict=True):
+    for row, warps in zip(rows, (8, 8, 8, 4, 4), strict=True):
         assert 32 <= row["registers"] <= 255 and row["spilled_bytes"] == 0 and row["instructions"] > 200, row
         assert row["programs_per_sm"] == study.programs_per_sm(row["registers"], row["shared_bytes"], warps)
-    assert rows[1]["shared_bytes"] >= 128 * 128 * 2  # the rotation sits in shared memory
+    assert rows[2]["shared_bytes"] >= 128 * 128 * 2  # the rotation sits in shared memory
+    assert rows[1]["shared_bytes"] >= 2 * 128 * 128 * 2  # and the 128-row tile read for both axes
     meta = {"device": "none", "versions": {}, "command": "c", "arch": 90, "triton": triton.__version__}
     assert "| MS-EDEN quantize: g (dgrad), 1 tile |" in study._markdown(rows, meta)
 

@@ -127,6 +127,43 @@ def test_ms_eden_quantization_stage_is_bit_identical(source):
     assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean().item() - 0.5) < 0.01
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("spread_tiles", [False, True])
+def test_ms_eden_backward_launches_equal_separate_launches(dtype, spread_tiles):
+    """A backward's launches (the amax of ``g`` and ``g^T`` from one read of ``g``, its transpose
+    rotated by a second tensor-core product, then the quantize pass of all four operands) write
+    what four separate ``ms_eden`` calls write, bit for bit, amax rows included: the hardware
+    sums each rotated element the same way in both. With four row tiles per program
+    (``spread_tiles``) the saved operands' last programs run past their ends."""
+    from quartet_compile.kernels import configs
+    from quartet_compile.kernels.ms_eden import Operand, ms_eden, ms_eden_gemms
+    from quartet_compile.kernels.quantize import quantize
+    from quartet_compile.kernels.rotation import rotation_matrix
+
+    tokens, n, k = 1152, 384, 208
+    g = _fresh(tokens, n, dtype)
+    weight = quantize(_fresh(n, k, torch.bfloat16), four_over_six=True).fp4
+    x = quantize(_fresh(tokens, k, torch.bfloat16), four_over_six=True).fp4
+    rotation = rotation_matrix(random_signs(128, None, torch.device("cuda")))
+    seeds = list(torch.randint(0, 2**62, (4,), device="cuda").unbind())
+    operands = [Operand(g, seeds[0], False, True, True), Operand(weight, seeds[1], True, True, True),
+                Operand(g, seeds[2], True, True, True), Operand(x, seeds[3], True, True, True)]  # fmt: skip
+    stats, separate_stats = torch.zeros(4, 2, device="cuda"), torch.zeros(4, 2, device="cuda")
+    spread = {"MAX_TILES": 4, "PROGRAMS_PER_SM": 0} if spread_tiles else {}
+    with configs.override("ms_eden_amax", spread):
+        together = [q for pair in ms_eden_gemms([operands[:2], operands[2:]], rotation, stats) for q in pair]
+    separate = [
+        ms_eden(op.source, rotation, op.seed, transpose=op.transpose, unscaled_bf16=True, stats=separate_stats,
+                stats_row=row)
+        for row, op in enumerate(operands)
+    ]  # fmt: skip
+    assert torch.equal(stats, separate_stats) and (stats[:, 0] > 0).all()
+    for launched, alone in zip(together, separate, strict=True):
+        assert_same_fp4(launched.fp4, alone.fp4)
+        assert torch.equal(launched.unscaled_bf16, alone.unscaled_bf16)
+        assert torch.equal(launched.tensor_scale, alone.tensor_scale)
+
+
 def test_ms_eden_kernel_product_is_unbiased_and_rtn_is_not():
     """Mean over draws of the kernel's MS-EDEN product estimate converges to ``a b^T``; the
     negative control (RTN, deterministic) does not."""

@@ -164,14 +164,17 @@ def quantize_launch(two: bool, **constexprs) -> tuple:
                        "programs", {"TWO": two, **constexprs})  # fmt: skip
 
 
-def ms_eden_launch(*slots: dict, amax_pass: bool = False, tiles: int | None = None) -> tuple:
+def ms_eden_launch(*slots: dict, amax_pass: bool = False, tiles: int | None = None, twin: bool = False) -> tuple:
     """``_ms_eden_kernel``'s quantize (or amax) pass over one to four operands in one launch,
     each given as its slot's ``PACKED``, ``STORE_CODES`` and ``STORE_DEQ``; the shipped row tile,
-    and ``tiles`` row tiles per program (the shipped most by default)."""
+    and ``tiles`` row tiles per program (the shipped most by default); with ``twin`` (an amax
+    pass) the first slot also takes its transpose's amax, as the backward's amax launch does."""
     shipped = config("ms_eden_amax" if amax_pass else "ms_eden_quantize")
     constexprs = {"AMAX_PASS": amax_pass, "SLOTS": len(slots), "EMULATED": False, "DEBUG": False,
-                  "BLOCK_R": shipped["BLOCK_R"], "TILES": tiles or shipped["MAX_TILES"]}  # fmt: skip
-    filled = [{**slot, "SPLITS": 1} for slot in slots] + [None] * (ms_eden.MAX_SLOTS - len(slots))
+                  "BLOCK_R": shipped["BLOCK_R"], "TILES": tiles or shipped["MAX_TILES"],
+                  "TWIN_ROW": len(slots) if twin else None}  # fmt: skip
+    filled = [{**slot, "SPLITS": 1, "ROW": i} for i, slot in enumerate(slots)]
+    filled += [None] * (ms_eden.MAX_SLOTS - len(slots))
     return slot_launch(ms_eden._ms_eden_kernel, MS_EDEN_SIGNATURE, MS_EDEN_SHARED, filled, "end", constexprs)
 
 
@@ -188,8 +191,15 @@ MS_EDEN_OPERANDS = {
     "both pairs": ((GRADIENT, SAVED, GRADIENT, SAVED), ("a_stride_c", "c_stride_r")),
 }
 """Operand layouts of the backward's MS-EDEN launches: slots, and the strides that are 1 (a
-constant in the compiled kernel, as launches specialize it). The backward launches both passes
-over both pairs; the single operands and pairs show what each one adds."""
+constant in the compiled kernel, as launches specialize it). The backward launches the quantize
+pass over both pairs; the single operands and pairs show what each one adds."""
+
+MS_EDEN_TWIN_OPERANDS = {
+    "g and g^T from one read": ((GRADIENT,), ("a_stride_c",)),
+    "g and g^T from one read + saved W^T, x^T": ((GRADIENT, SAVED, SAVED), ("a_stride_c",)),
+}
+"""The amax pass's layouts in which the first slot reads ``g`` once for itself and ``g^T``; the
+backward launches the second."""
 
 
 def _specialized(
@@ -223,15 +233,24 @@ def _row(name: str, launch: tuple, unit_strides: tuple[str, ...], arch: int, war
     }
 
 
-def measure(arch: int, tiles: tuple[int, ...] = (1, 2, 4), operands: dict = MS_EDEN_OPERANDS) -> list[dict[str, Any]]:
+def measure(
+    arch: int,
+    tiles: tuple[int, ...] = (1, 2, 4),
+    operands: dict = MS_EDEN_OPERANDS,
+    twin_operands: dict = MS_EDEN_TWIN_OPERANDS,
+) -> list[dict[str, Any]]:
     """One row per compiled kernel: both MS-EDEN passes for every operand layout and row-tile
-    count, then the forward quantize pass (RTN and 4/6, both operands in one launch)."""
+    count (the amax pass also for the layouts that read ``g`` once for ``g^T``), then the forward
+    quantize pass (RTN and 4/6, both operands in one launch)."""
     rows = []
     for amax_pass in (True, False):
         warps = config("ms_eden_amax" if amax_pass else "ms_eden_quantize")["num_warps"]
-        for name, (slots, unit_strides) in operands.items():
+        layouts = [(name, layout, False) for name, layout in operands.items()]
+        if amax_pass:
+            layouts += [(name, layout, True) for name, layout in twin_operands.items()]
+        for name, (slots, unit_strides), twin in layouts:
             for count in tiles:
-                launch = ms_eden_launch(*slots, amax_pass=amax_pass, tiles=count)
+                launch = ms_eden_launch(*slots, amax_pass=amax_pass, tiles=count, twin=twin)
                 label = f"MS-EDEN {'amax' if amax_pass else 'quantize'}: {name}, {count} tile{'s' * (count > 1)}"
                 rows.append(_row(label, launch, unit_strides, arch, warps))
     shipped = config("quantize")

@@ -134,36 +134,40 @@ def _gemms(ops: dict, seeds: list[torch.Tensor]) -> tuple[tuple[Operand, Operand
 
 
 LAUNCHES = {
-    "one launch per pass": (2, False, (True, False)),
-    "quantize per GEMM": (1, False, (True, False, False)),
-    "both passes per GEMM": (1, True, (True, False, True, False)),
+    "one launch per pass": (2, False, True, (True, False)),
+    "one launch per pass, g^T read again": (2, False, False, (True, False)),
+    "quantize per GEMM": (1, False, True, (True, False, False)),
+    "both passes per GEMM": (1, True, False, (True, False, True, False)),
 }
 """How the backward launches its MS-EDEN passes: the GEMMs per quantize launch (``GEMMS``),
 whether each GEMM's operands take an amax launch of their own (the layout before the four-operand
-amax pass), and which of the launches are amax passes. The amax pass of the first two takes all
-four operands."""
+amax pass), whether a four-operand amax launch reads ``g`` once for ``g`` and ``g^T`` (``TWIN``),
+and which of the launches are amax passes."""
 
 
 def _shipped_launches() -> str:
     """The entry of :data:`LAUNCHES` that the shipped configuration launches."""
-    per_launch = config(PASSES[1])["GEMMS"]
-    return next(name for name, (n, separate, _) in LAUNCHES.items() if n == per_launch and not separate)
+    per_launch, twin = config(PASSES[1])["GEMMS"], config(PASSES[0])["TWIN"]
+    return next(
+        name for name, (n, separate, one_read, _) in LAUNCHES.items()
+        if n == per_launch and not separate and one_read == twin
+    )  # fmt: skip
 
 
 def _launch_fns(ops: dict, rotation: torch.Tensor, seeds: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
     stats = torch.zeros(4, 2, device=rotation.device)
     gemms = _gemms(ops, seeds)
 
-    def launches(per_launch: int, separate: bool) -> Callable[[], object]:
+    def launches(per_launch: int, separate: bool, twin: bool) -> Callable[[], object]:
         def fn() -> object:
-            with override(PASSES[1], {"GEMMS": per_launch}):
+            with override(PASSES[1], {"GEMMS": per_launch}), override(PASSES[0], {"TWIN": twin}):
                 if separate:
                     return [list(ms_eden_gemms([gemm], rotation, stats)) for gemm in gemms]
                 return list(ms_eden_gemms(gemms, rotation, stats))
 
         return fn
 
-    return {name: launches(per_launch, separate) for name, (per_launch, separate, _) in LAUNCHES.items()}
+    return {name: launches(*layout[:3]) for name, layout in LAUNCHES.items()}
 
 
 def _alone(ops: dict, rotation: torch.Tensor, seed: torch.Tensor) -> dict[str, tuple[Callable[[], object], int]]:
@@ -179,9 +183,10 @@ def _alone(ops: dict, rotation: torch.Tensor, seed: torch.Tensor) -> dict[str, t
     }
 
 
-def _tiles(shape_rows: list[tuple[int, int]], cfg: dict, sms: int) -> int:
-    """Row tiles per program that a launch over operands of these (rows, 128-groups) takes."""
-    tiles = sum(-(-rows // cfg["BLOCK_R"]) * groups for rows, groups in shape_rows)
+def _tiles(shape_rows: list[tuple[int, ...]], cfg: dict, sms: int) -> int:
+    """Row tiles per program that a launch over operands of these (rows, 128-groups) takes; an
+    entry (rows, groups, 128) is an operand read in 128-row tiles for itself and its transpose."""
+    tiles = sum(-(-shape[0] // (shape[2] if len(shape) > 2 else cfg["BLOCK_R"])) * shape[1] for shape in shape_rows)
     return tiles_per_program(tiles, cfg["MAX_TILES"], sms, cfg["PROGRAMS_PER_SM"])
 
 
@@ -201,7 +206,10 @@ def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device:
                     if candidate and name != _shipped_launches():
                         continue
                     compiled = compiled_passes(fn, device)
-                    is_amax = LAUNCHES[name][2]
+                    _, _, one_read, is_amax = LAUNCHES[name]
+                    amax_shapes = shapes if is_amax.count(True) == 1 else shapes[:2]
+                    if one_read:
+                        amax_shapes = [(*shapes[0], 128), shapes[1], shapes[3]]
                     times = pass_times_us(fn)
                     row = {
                         "in": features_in,
@@ -209,9 +217,7 @@ def sweep(tokens: int, linears: dict[tuple[int, int], int], layers: int, device:
                         "per_layer": count,
                         "launches": name,
                         "config": label,
-                        "amax_tiles": _tiles(
-                            shapes if is_amax.count(True) == 1 else shapes[:2], config(PASSES[0], device), sms
-                        ),
+                        "amax_tiles": _tiles(amax_shapes, config(PASSES[0], device), sms),
                         "amax_us": sum(t for t, amax in zip(times, is_amax, strict=True) if amax),
                         "quantize_us": sum(t for t, amax in zip(times, is_amax, strict=True) if not amax),
                         "compiled": compiled,
@@ -267,8 +273,9 @@ def _markdown(results: dict, meta: dict) -> str:
     lines += [
         f"{meta['tokens']} tokens, {meta['layers']} layers; linears (in, out) x per layer: {meta['linears']}. "
         "Model totals: each pass summed over the backward of every linear, ms per step. Launches: one "
-        "launch per pass over both GEMMs' four operands; one amax launch over the four, then a quantize "
-        "launch per GEMM; or each GEMM's two passes on their own. The candidate configurations (both "
+        "launch per pass over both GEMMs' four operands, the amax launch reading g once for g and g^T "
+        "or (g^T read again) once for each; one amax launch over the four, then a quantize launch per "
+        "GEMM; or each GEMM's two passes on their own. The candidate configurations (both "
         f"passes alike) are swept for the shipped launches ({_shipped_launches()}); every layout is also "
         "timed with the shipped configuration.",
         "",

@@ -31,8 +31,9 @@ _TABLE: dict[str, dict[str, dict[str, Any]]] = {
     # takes the operands of all of a backward's GEMMs in one launch, the quantize pass those of
     # GEMMS of them (ms_eden.ms_eden_gemms). The quantize pass stops at two tiles: four were
     # within 1% with Triton 3.6, and Triton 3.9 compiles them to more registers than two
-    # programs per SM allow (docs/kernels.md).
-    "ms_eden_amax": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "num_warps": 8}},
+    # programs per SM allow (docs/kernels.md). TWIN: the amax pass reads g once for g and g^T,
+    # one 128 x 128 tile per program rotated along both axes.
+    "ms_eden_amax": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 4, "PROGRAMS_PER_SM": 3, "TWIN": True, "num_warps": 8}},
     "ms_eden_quantize": {DEFAULT: {"BLOCK_R": 64, "MAX_TILES": 2, "PROGRAMS_PER_SM": 3, "GEMMS": 2, "num_warps": 8}},
     # nvidia recipe's backward quantizers: a rotated tile is one [BLOCK_R * BLOCK_C / 16, 16] x
     # [16, 16] tensor-core product.

@@ -11,11 +11,13 @@ after it is bit-for-bit the reference's ``quantize_ms_eden_rotated``
 given the same rotated tensor and the same uniforms (tested with ``debug`` outputs).
 
 The tensor scale needs the amax of the *rotated* tensor, so the kernel runs twice: an amax
-pass and a quantize pass that recomputes the (cheap) rotation instead of storing it.
+pass and a quantize pass that recomputes the (cheap) rotation instead of storing it. The amax
+pass reads the gradient once for both backward GEMMs, rotating each tile along both axes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -50,6 +52,7 @@ from .quantize import EXACT, Outputs, Quantized, stats_scratch
 from .rotation import SPLITS, dot_split
 
 INV_SQRT_GROUP = tl.constexpr(1.0 / math.sqrt(EDEN_GROUP))
+EDEN_TILE = tl.constexpr(EDEN_GROUP)
 
 
 @triton.jit
@@ -137,6 +140,39 @@ def _eden_blocks(lo, hi, s_t, value_max, uniforms, FAST: tl.constexpr):
     correction = tl.where(denominator == 0.0, 1.0, tl.math.div_rn(numerator, safe))
     s_b = e4m3_sr(s_b * correction[:, None], uniforms)
     return s_b, q_lo, q_hi, code_lo, code_hi
+
+
+@triton.jit
+def _twin_amax_program(
+    p,
+    src_ptr,
+    rows,
+    stride_r,
+    stride_c,
+    stats_ptr,
+    twin_stats_ptr,
+    rotation,
+    SPLITS: tl.constexpr,
+    EMULATED: tl.constexpr,
+):
+    """Amax pass of an operand and of its transpose (``g`` for dgrad and ``g^T`` for wgrad, each
+    rotated along its rows) from one read: program ``p`` takes one 128 x 128 tile (consecutive
+    programs walk down a 128-column group) and rotates it along both axes, the transpose being
+    another tensor-core product of the same tile. Each rotated element is the sum the quantize
+    pass recomputes from its own tile (same operands, same reduction), so the maxima are its.
+    One tile per program: looping over several, Triton 3.6 compiled the launch to more registers
+    than two programs per SM allow."""
+    tiles = tl.cdiv(rows, EDEN_TILE)
+    g = tl.arange(0, EDEN_TILE)
+    r = p % tiles * EDEN_TILE + g
+    c = p // tiles * EDEN_TILE + g
+    x = tl.load(
+        src_ptr + r.to(tl.int64)[:, None] * stride_r + c[None, :] * stride_c, mask=(r < rows)[:, None], other=0.0
+    )
+    bits, below = magnitude_bits(dot_split(x, rotation, SPLITS, EMULATED) * INV_SQRT_GROUP)
+    publish_stats(bits, below, stats_ptr)
+    bits, below = magnitude_bits(dot_split(tl.trans(x), rotation, SPLITS, EMULATED) * INV_SQRT_GROUP)
+    publish_stats(bits, below, twin_stats_ptr)
 
 
 @triton.jit
@@ -277,14 +313,21 @@ def _ms_eden_kernel(
     d_seed_ptr, d_codes_ptr, d_scales_ptr, d_deq_ptr, d_tensor_scale_ptr,
     AMAX_PASS: tl.constexpr,
     A_PACKED: tl.constexpr, A_SPLITS: tl.constexpr, A_STORE_CODES: tl.constexpr, A_STORE_DEQ: tl.constexpr,
+    A_ROW: tl.constexpr,
     B_PACKED: tl.constexpr, B_SPLITS: tl.constexpr, B_STORE_CODES: tl.constexpr, B_STORE_DEQ: tl.constexpr,
+    B_ROW: tl.constexpr,
     C_PACKED: tl.constexpr, C_SPLITS: tl.constexpr, C_STORE_CODES: tl.constexpr, C_STORE_DEQ: tl.constexpr,
+    C_ROW: tl.constexpr,
     D_PACKED: tl.constexpr, D_SPLITS: tl.constexpr, D_STORE_CODES: tl.constexpr, D_STORE_DEQ: tl.constexpr,
-    SLOTS: tl.constexpr, EMULATED: tl.constexpr, DEBUG: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
+    D_ROW: tl.constexpr,
+    TWIN_ROW: tl.constexpr, SLOTS: tl.constexpr, EMULATED: tl.constexpr, DEBUG: tl.constexpr,
+    BLOCK_R: tl.constexpr, TILES: tl.constexpr,
 ):
     """One pass over up to four operands (``SLOTS``) in one launch, both backward GEMMs' operands:
-    programs below ``a_end`` take operand ``a`` (amax row ``stats_row``), the next ones up to
-    ``b_end`` operand ``b`` (the next row), and so on. Each program loads the rotation (columns in
+    programs below ``a_end`` take operand ``a`` (amax row ``stats_row + A_ROW``), the next ones up
+    to ``b_end`` operand ``b`` (row ``stats_row + B_ROW``), and so on. With ``TWIN_ROW`` (an amax
+    pass only) operand ``a`` also stands for its transpose, whose amax goes to row ``stats_row +
+    TWIN_ROW`` (:func:`_twin_amax_program`). Each program loads the rotation (columns in
     accumulator order). The slots are an ``if``/``else`` chain: with an independent condition per
     slot (``p >= a_end and p < b_end``), Triton 3.6 and 3.9 compiled the quantize pass over two
     slots with two or more row tiles to 168 registers instead of 128, one program per SM instead
@@ -293,27 +336,32 @@ def _ms_eden_kernel(
     rotation = tl.load(rotation_ptr + g[:, None] * stride_rot_k + _accumulator_order(g)[None, :] * stride_rot_n)
     p = tl.program_id(0)
     if p < a_end:
-        _ms_eden_program(p, a_src_ptr, a_src_scales_ptr, a_src_tensor_scale_ptr, a_rows, a_cols, a_stride_r,
-                         a_stride_c, stats_row, a_seed_ptr, a_codes_ptr, a_scales_ptr, a_deq_ptr, a_tensor_scale_ptr,
-                         rotated_ptr, uniforms_ptr, stats_ptr, rotation, value_max, value_max_times_scale_max,
-                         AMAX_PASS, A_PACKED, A_SPLITS, A_STORE_CODES, A_STORE_DEQ, EMULATED, DEBUG, BLOCK_R, TILES)
+        if TWIN_ROW is not None:
+            _twin_amax_program(p, a_src_ptr, a_rows, a_stride_r, a_stride_c, stats_ptr + 2 * (stats_row + A_ROW),
+                               stats_ptr + 2 * (stats_row + TWIN_ROW), rotation, A_SPLITS, EMULATED)
+        else:
+            _ms_eden_program(p, a_src_ptr, a_src_scales_ptr, a_src_tensor_scale_ptr, a_rows, a_cols, a_stride_r,
+                             a_stride_c, stats_row + A_ROW, a_seed_ptr, a_codes_ptr, a_scales_ptr, a_deq_ptr,
+                             a_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation, value_max,
+                             value_max_times_scale_max, AMAX_PASS, A_PACKED, A_SPLITS, A_STORE_CODES, A_STORE_DEQ,
+                             EMULATED, DEBUG, BLOCK_R, TILES)
     elif SLOTS > 1:
         if p < b_end:
             _ms_eden_program(p - a_end, b_src_ptr, b_src_scales_ptr, b_src_tensor_scale_ptr, b_rows, b_cols,
-                             b_stride_r, b_stride_c, stats_row + 1, b_seed_ptr, b_codes_ptr, b_scales_ptr, b_deq_ptr,
-                             b_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation, value_max,
+                             b_stride_r, b_stride_c, stats_row + B_ROW, b_seed_ptr, b_codes_ptr, b_scales_ptr,
+                             b_deq_ptr, b_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation, value_max,
                              value_max_times_scale_max, AMAX_PASS, B_PACKED, B_SPLITS, B_STORE_CODES, B_STORE_DEQ,
                              EMULATED, DEBUG, BLOCK_R, TILES)
         elif SLOTS > 2:
             if p < c_end:
                 _ms_eden_program(p - b_end, c_src_ptr, c_src_scales_ptr, c_src_tensor_scale_ptr, c_rows, c_cols,
-                                 c_stride_r, c_stride_c, stats_row + 2, c_seed_ptr, c_codes_ptr, c_scales_ptr,
+                                 c_stride_r, c_stride_c, stats_row + C_ROW, c_seed_ptr, c_codes_ptr, c_scales_ptr,
                                  c_deq_ptr, c_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation,
                                  value_max, value_max_times_scale_max, AMAX_PASS, C_PACKED, C_SPLITS, C_STORE_CODES,
                                  C_STORE_DEQ, EMULATED, DEBUG, BLOCK_R, TILES)
             elif SLOTS > 3:
                 _ms_eden_program(p - c_end, d_src_ptr, d_src_scales_ptr, d_src_tensor_scale_ptr, d_rows, d_cols,
-                                 d_stride_r, d_stride_c, stats_row + 3, d_seed_ptr, d_codes_ptr, d_scales_ptr,
+                                 d_stride_r, d_stride_c, stats_row + D_ROW, d_seed_ptr, d_codes_ptr, d_scales_ptr,
                                  d_deq_ptr, d_tensor_scale_ptr, rotated_ptr, uniforms_ptr, stats_ptr, rotation,
                                  value_max, value_max_times_scale_max, AMAX_PASS, D_PACKED, D_SPLITS, D_STORE_CODES,
                                  D_STORE_DEQ, EMULATED, DEBUG, BLOCK_R, TILES)
@@ -336,7 +384,8 @@ class Operand:
 @dataclass(frozen=True)
 class _Slot:
     """One operand of a launch: its runtime arguments in the kernel's slot order, its constexprs,
-    its rows and 128-column groups, the buffers it writes and its debug buffers."""
+    its rows and 128-column groups, the buffers it writes, its debug buffers, its amax row, and
+    the amax row of its transpose where an amax pass takes both from one read (``twin_row``)."""
 
     args: tuple
     constexprs: dict[str, Any]
@@ -344,9 +393,11 @@ class _Slot:
     groups: int
     out: Outputs
     debug: tuple[Tensor | None, Tensor | None]
+    row: int
+    twin_row: int | None = None
 
     @classmethod
-    def of(cls, operand: Operand, debug: dict[str, Tensor] | None = None) -> _Slot:
+    def of(cls, operand: Operand, row: int, debug: dict[str, Tensor] | None = None) -> _Slot:
         source, transpose = operand.source, operand.transpose
         packed = isinstance(source, NVFP4Tensor)
         if packed:
@@ -378,14 +429,33 @@ class _Slot:
         )
         constexprs = {"PACKED": packed, "SPLITS": splits, "STORE_CODES": operand.codes,
                       "STORE_DEQ": operand.unscaled_bf16}  # fmt: skip
-        return cls(args, constexprs, rows, cols // EDEN_GROUP, out, out.debug_buffers(debug, cols // BLOCK))
+        return cls(args, constexprs, rows, cols // EDEN_GROUP, out, out.debug_buffers(debug, cols // BLOCK), row)
 
     def programs(self, block_r: int, tiles: int) -> int:
-        """Programs of a pass whose programs take ``tiles`` tiles of ``block_r`` rows."""
+        """Programs of a pass whose programs take ``tiles`` tiles of ``block_r`` rows (one tile
+        of 128 rows for a slot with a twin)."""
+        if self.twin_row is not None:
+            return cdiv(self.rows, EDEN_GROUP) * self.groups
         return cdiv(cdiv(self.rows, block_r), tiles) * self.groups
 
     def result(self) -> Quantized:
         return self.out.result(torch.Size(self.out.shape), torch.float32)
+
+
+def _amax_slots(
+    gemms: Sequence[Sequence[_Slot]], operands: Sequence[Sequence[Operand]], device: torch.device
+) -> list[_Slot]:
+    """The amax pass's slots for the operands of a backward's GEMMs: each operand alone, except
+    that ``g`` (dgrad) and ``g^T`` (wgrad), the same dense gradient, become one slot reading it
+    once for both (``g`` first, where the kernel takes a twin) unless ``ms_eden_amax``'s ``TWIN``
+    is off."""
+    slots = [slot for gemm in gemms for slot in gemm]
+    if len(operands) == 2 and config("ms_eden_amax", device)["TWIN"]:
+        (g, _), (gt, _) = operands
+        if g.source is gt.source and not isinstance(g.source, NVFP4Tensor) and not g.transpose and gt.transpose:
+            (g_slot, w_slot), (gt_slot, xt_slot) = gemms
+            return [dataclasses.replace(g_slot, twin_row=gt_slot.row), w_slot, xt_slot]
+    return slots
 
 
 def tiles_per_program(tiles: int, max_tiles: int, sms: int, programs_per_sm: int) -> int:
@@ -400,17 +470,21 @@ def tiles_per_program(tiles: int, max_tiles: int, sms: int, programs_per_sm: int
     return per_program
 
 
-def _pass(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, stats_row: int, *, amax_pass: bool) -> None:
-    """One pass over one to four operands in one launch, slot ``i`` on amax row ``stats_row + i``.
-    Each pass has its own launch configuration (``ms_eden_amax``, ``ms_eden_quantize``): the amax
-    pass holds few registers whatever its row tiles per program, while the quantize pass's
-    registers grow with them and decide how many of its programs share an SM."""
+def _pass(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, *, amax_pass: bool) -> None:
+    """One pass over one to four operands in one launch, each slot on its amax row. Each pass
+    has its own launch configuration (``ms_eden_amax``, ``ms_eden_quantize``): the amax pass
+    holds few registers whatever its row tiles per program, while the quantize pass's registers
+    grow with them and decide how many of its programs share an SM."""
     cfg = config("ms_eden_amax" if amax_pass else "ms_eden_quantize", rotation.device)
     block_r, max_tiles, programs_per_sm = cfg.pop("BLOCK_R"), cfg.pop("MAX_TILES"), cfg.pop("PROGRAMS_PER_SM")
-    cfg.pop("GEMMS", None)
+    for launch_level in ("GEMMS", "TWIN"):
+        cfg.pop(launch_level, None)
     sms = multiprocessors(rotation.device)
     tiles = tiles_per_program(sum(s.programs(block_r, 1) for s in slots), max_tiles, sms, programs_per_sm)
     ends = list(itertools.accumulate(slot.programs(block_r, tiles) for slot in slots))
+    twin_row = slots[0].twin_row
+    # Rows are constexpr offsets from the launch's lowest row: launches of other rows share a kernel.
+    stats_row = min(slot.row for slot in slots)
     slot_args, constexprs = [], {}
     for i, name in enumerate("ABCD"):
         slot = slots[min(i, len(slots) - 1)]
@@ -418,12 +492,13 @@ def _pass(slots: Sequence[_Slot], rotation: Tensor, stats: Tensor, stats_row: in
         if i < MAX_SLOTS - 1:
             slot_args.append(ends[min(i, len(slots) - 1)])
         constexprs.update({f"{name}_{key}": value for key, value in slot.constexprs.items()})
+        constexprs[f"{name}_ROW"] = slot.row - stats_row
     value_max = E2M1_MAX / MS_EDEN_SCALE_OVERRIDE
     debug = slots[0].debug
     run(_ms_eden_kernel, (ends[-1],), rotation, *rotation.stride(), stats, stats_row, *debug, value_max,
         value_max * MS_EDEN_SCALE_MAX, *slot_args, AMAX_PASS=amax_pass, SLOTS=len(slots),
-        EMULATED=rotation.device.type != "cuda", DEBUG=debug[0] is not None, BLOCK_R=block_r, TILES=tiles,
-        **constexprs, **cfg, **EXACT)  # fmt: skip
+        TWIN_ROW=None if twin_row is None else twin_row - stats_row, EMULATED=rotation.device.type != "cuda",
+        DEBUG=debug[0] is not None, BLOCK_R=block_r, TILES=tiles, **constexprs, **cfg, **EXACT)  # fmt: skip
 
 
 def ms_eden(
@@ -449,11 +524,11 @@ def ms_eden(
     ``stats``, ``stats_row``: a row of a zeroed :func:`.quantize.stats_scratch` for the amax
     pass, so that a caller quantizing several operands zeroes one buffer for all of them.
     """
-    slot = _Slot.of(Operand(operand, seed, transpose, codes, unscaled_bf16), debug)
+    slot = _Slot.of(Operand(operand, seed, transpose, codes, unscaled_bf16), stats_row, debug)
     if stats is None:
         stats = stats_scratch(1, rotation.device)
     for amax_pass in (True, False):
-        _pass([slot], rotation, stats, stats_row, amax_pass=amax_pass)
+        _pass([slot], rotation, stats, amax_pass=amax_pass)
     return slot.result()
 
 
@@ -462,13 +537,14 @@ def ms_eden_gemms(
 ) -> Iterator[tuple[Quantized, Quantized]]:
     """:func:`ms_eden` of the two operands of each of a backward's GEMMs (one or two), operand
     ``i`` of the list into amax row ``i`` of the zeroed ``stats``: the amax pass of all of them in
-    one launch, then the quantize pass of ``GEMMS`` GEMMs' operands per launch (``configs``), each
-    launch made when its first GEMM's operands are asked for. Bit for bit the separate calls."""
-    slots = [[_Slot.of(operand) for operand in gemm] for gemm in gemms]
-    _pass([slot for gemm in slots for slot in gemm], rotation, stats, 0, amax_pass=True)
+    one launch (reading the gradient once for ``g`` and ``g^T``, :func:`_amax_slots`), then the
+    quantize pass of ``GEMMS`` GEMMs' operands per launch (``configs``), each launch made when its
+    first GEMM's operands are asked for. Bit for bit the separate calls."""
+    slots = [[_Slot.of(operand, 2 * i + j) for j, operand in enumerate(gemm)] for i, gemm in enumerate(gemms)]
+    _pass(_amax_slots(slots, gemms, rotation.device), rotation, stats, amax_pass=True)
     per_launch = config("ms_eden_quantize", rotation.device)["GEMMS"]
     for start in range(0, len(slots), per_launch):
         launched = slots[start : start + per_launch]
-        _pass([slot for gemm in launched for slot in gemm], rotation, stats, 2 * start, amax_pass=False)
+        _pass([slot for gemm in launched for slot in gemm], rotation, stats, amax_pass=False)
         for a, b in launched:
             yield a.result(), b.result()
