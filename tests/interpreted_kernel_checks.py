@@ -10,7 +10,7 @@ import sys
 import torch
 import triton
 import triton.language as tl
-from fp4_asserts import assert_same_fp4
+from fp4_asserts import assert_same_fp4, assert_same_quantized
 
 from quartet_compile.config import QuartetConfig
 from quartet_compile.kernels import configs, layer
@@ -211,11 +211,7 @@ def forward_pairs(generator: torch.Generator) -> None:
                 quantize(w, four_over_six=four_over_six, unscaled_bf16=True),
             )
             for together, alone in zip(pair, separate, strict=True):
-                assert (together.fp4 is None) == (alone.fp4 is None)
-                if alone.fp4 is not None:
-                    assert_same_fp4(together.fp4, alone.fp4)
-                assert torch.equal(together.unscaled_bf16, alone.unscaled_bf16)
-                assert torch.equal(together.tensor_scale, alone.tensor_scale)
+                assert_same_quantized(together, alone)
 
 
 def check_random_rotation(n: int, generator: torch.Generator) -> None:
@@ -311,9 +307,7 @@ def ms_eden_row_tiles(rotation: torch.Tensor, seed: torch.Tensor, generator: tor
         assert one_stats[0, 1] == 1.0, one_stats
         for tiled, tiled_stats in tiled_results:
             assert torch.equal(tiled_stats, one_stats), (one_stats, tiled_stats)
-            assert_same_fp4(tiled.fp4, one.fp4)
-            assert torch.equal(tiled.unscaled_bf16, one.unscaled_bf16)
-            assert torch.equal(tiled.tensor_scale, one.tensor_scale)
+            assert_same_quantized(tiled, one)
 
 
 def ms_eden_gemm_launches(rotation: torch.Tensor, generator: torch.Generator) -> None:
@@ -349,9 +343,7 @@ def ms_eden_gemm_launches(rotation: torch.Tensor, generator: torch.Generator) ->
         assert torch.equal(stats, separate_stats) and stats[:count, 0].min() > 0
         assert torch.equal(stats[count:], torch.zeros(4 - count, 2))
         for launched, alone in zip(together, separate, strict=True):
-            assert_same_fp4(launched.fp4, alone.fp4)
-            assert torch.equal(launched.unscaled_bf16, alone.unscaled_bf16)
-            assert torch.equal(launched.tensor_scale, alone.tensor_scale)
+            assert_same_quantized(launched, alone)
 
 
 def nvidia_stage(generator: torch.Generator) -> None:

@@ -22,7 +22,7 @@ from quartet_compile.reference.hadamard import sylvester_pm1
 from quartet_compile.reference.layer import backward as reference_backward
 from quartet_compile.reference.layer import forward as reference_forward
 
-from .fp4_asserts import assert_same_fp4
+from .fp4_asserts import assert_same_fp4, assert_same_quantized
 from .stats import UNBIASED_BOUND, mean_squared_z, two_sample_squared_z
 
 pytestmark = pytest.mark.gpu
@@ -159,9 +159,7 @@ def test_ms_eden_backward_launches_equal_separate_launches(dtype, spread_tiles):
     ]  # fmt: skip
     assert torch.equal(stats, separate_stats) and (stats[:, 0] > 0).all()
     for launched, alone in zip(together, separate, strict=True):
-        assert_same_fp4(launched.fp4, alone.fp4)
-        assert torch.equal(launched.unscaled_bf16, alone.unscaled_bf16)
-        assert torch.equal(launched.tensor_scale, alone.tensor_scale)
+        assert_same_quantized(launched, alone)
 
 
 def test_ms_eden_kernel_product_is_unbiased_and_rtn_is_not():
